@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Build (once, cached by tag) the local images the tests use. No registry is
+# needed: the base comes from Debian's archive through debootstrap.
+#   local/debian:bookworm  systemd + python3, the Molecule platform image
+#   local/postgres:15      PostgreSQL server, for the docker-exec backup path
+#   local/demo:vN          a tiny busybox web app answering its version
+set -euo pipefail
+
+BASE=${ONEBOX_BASE_IMAGE:-local/debian:bookworm}
+MIRROR=${ONEBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+have() { docker image inspect "$1" >/dev/null 2>&1; }
+
+build_base() {
+  have "$BASE" && return 0
+  command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
+  local root; root=$(mktemp -d)
+  debootstrap --variant=minbase \
+    --include=python3,python3-apt,systemd,systemd-sysv,ca-certificates,iproute2,procps,sudo,gnupg \
+    bookworm "$root" "$MIRROR" >/dev/null
+  # Keep the image small and let apt inside it start from a fresh index.
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
+  # Empty package lists must look stale, or apt's cache_valid_time skips
+  # the update and nothing can be installed.
+  touch -d @0 "$root"/var/lib/apt/lists
+  # systemd units that make no sense (or hang) in a container.
+  for u in systemd-remount-fs.service systemd-firstboot.service getty.target; do
+    ln -sf /dev/null "$root/etc/systemd/system/$u"
+  done
+  tar -C "$root" -c . | docker import --change 'CMD ["/lib/systemd/systemd"]' - "$BASE" >/dev/null
+  rm -rf "$root"
+}
+
+build_postgres() {
+  have local/postgres:15 && return 0
+  local ctx; ctx=$(mktemp -d)
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $BASE
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 \
+ && rm -rf /var/lib/apt/lists/*
+ENV PATH=/usr/lib/postgresql/15/bin:\$PATH PGDATA=/var/lib/postgresql/data
+COPY entrypoint.sh /usr/local/bin/entrypoint.sh
+USER postgres
+HEALTHCHECK --interval=2s --timeout=3s --retries=15 CMD pg_isready -q -h 127.0.0.1 || exit 1
+CMD ["/usr/local/bin/entrypoint.sh"]
+DOCKERFILE
+  cat >"$ctx/entrypoint.sh" <<'ENTRY'
+#!/bin/sh
+# Minimal stand-in for the official image's entrypoint: initialise once,
+# set the superuser password from POSTGRES_PASSWORD, listen on all addresses.
+set -e
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  pw=$(mktemp); printf '%s' "${POSTGRES_PASSWORD:-postgres}" >"$pw"
+  initdb -U postgres --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
+  rm -f "$pw"
+  echo "host all all 0.0.0.0/0 scram-sha-256" >>"$PGDATA/pg_hba.conf"
+  [ -n "${POSTGRES_DB:-}" ] && postgres --single -D "$PGDATA" postgres <<SQL >/dev/null
+CREATE DATABASE "$POSTGRES_DB";
+SQL
+fi
+exec postgres -D "$PGDATA" -c listen_addresses='*'
+ENTRY
+  chmod +x "$ctx/entrypoint.sh"
+  docker build -q -t local/postgres:15 "$ctx" >/dev/null
+  rm -rf "$ctx"
+}
+
+case "${1:-all}" in
+  base) build_base ;;
+  postgres) build_base; build_postgres ;;
+  all) build_base; build_postgres ;;
+  *) echo "usage: $0 [base|postgres|all]" >&2; exit 2 ;;
+esac
