@@ -81,12 +81,18 @@ def test_ufw_lists_only_the_allowed_ports(target):
     out = target.check_output("ufw status")
     assert "Status: active" in out
     rules = re.findall(r"^(\S+(?: \(v6\))?)\s+(ALLOW|LIMIT|DENY|REJECT)\s", out, re.M)
-    assert sorted(set(rules)) == sorted({
-        ("22/tcp", "LIMIT"), ("22/tcp (v6)", "LIMIT"),
-        ("80/tcp", "ALLOW"), ("80/tcp (v6)", "ALLOW"),
-        ("443/tcp", "ALLOW"), ("443/tcp (v6)", "ALLOW"),
-        ("8081/tcp", "ALLOW"), ("8081/tcp (v6)", "ALLOW"),
-    })
+    assert sorted(set(rules)) == sorted(
+        {
+            ("22/tcp", "LIMIT"),
+            ("22/tcp (v6)", "LIMIT"),
+            ("80/tcp", "ALLOW"),
+            ("80/tcp (v6)", "ALLOW"),
+            ("443/tcp", "ALLOW"),
+            ("443/tcp (v6)", "ALLOW"),
+            ("8081/tcp", "ALLOW"),
+            ("8081/tcp (v6)", "ALLOW"),
+        }
+    )
     verbose = target.check_output("ufw status verbose")
     assert "Default: deny (incoming), allow (outgoing)" in verbose
 
@@ -114,13 +120,11 @@ def test_published_ports_do_not_bypass_ufw(target, client, target_ip, busybox_im
     connections, not by reading rules (the DOCKER-USER jump can be missing)."""
     for name, port in (("web-allowed", 8081), ("web-blocked", 8082)):
         target.run(f"docker rm -f {name}")
-        target.check_output(
-            f"docker run -d --name {name} -p {port}:80 {busybox_image} httpd -f -p 80 -h /www"
-        )
+        target.check_output(f"docker run -d --name {name} -p {port}:80 {busybox_image} httpd -f -p 80 -h /www")
     try:
         # Both answer from the target itself: the server really runs.
         for port in (8081, 8082):
-            for _ in range(20):
+            for _attempt in range(20):
                 if target.run(f"curl -fsS -m 2 http://127.0.0.1:{port}/").rc == 0:
                     break
                 time.sleep(0.5)
@@ -153,7 +157,7 @@ def test_time_zone_and_locale(target):
 def test_ssh_is_rate_limited(client, target_ip):
     """The 7th new connection within 30 s from one source is rejected."""
     results = []
-    for _ in range(8):
+    for _attempt in range(8):
         res = client.run(f"{SSH} -o PubkeyAuthentication=no deploy@{target_ip} true")
         results.append("refused" if "Connection refused" in res.stderr else "reached")
     assert "refused" in results, results
@@ -168,12 +172,12 @@ def test_fail2ban_sshd_jail_bans_a_guessing_client(target, client, target_ip):
     assert status.rc == 0, status.stderr
     iface, cidr = client.check_output("ip -o -4 addr show scope global | awk '{print $2, $4; exit}'").split()
     prefix = cidr.split("/")[1]
-    guesser = ".".join(cidr.split("/")[0].split(".")[:3] + ["250"])
+    guesser = ".".join([*cidr.split("/")[0].split(".")[:3], "250"])
     client.run(f"ip addr add {guesser}/{prefix} dev {iface}")
     client.check_output("test -f /root/stranger || ssh-keygen -q -t ed25519 -N '' -f /root/stranger")
     try:
         banned = False
-        for _ in range(10):
+        for _attempt in range(10):
             client.run(f"{SSH} -b {guesser} -o IdentitiesOnly=yes -i /root/stranger deploy@{target_ip} true")
             time.sleep(0.5)
             if guesser in target.check_output("fail2ban-client status sshd"):

@@ -1,0 +1,73 @@
+"""Bad input fails early, says what to do, and changes nothing on the server."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
+WATCHED = "sha256sum /etc/ssh/sshd_config /etc/ufw/after.rules /etc/ufw/user.rules /etc/docker/daemon.json; ufw status"
+
+
+def run_role(role, extra_vars):
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+    )
+    return subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            inventory,
+            f"{SCENARIO}/role_alone.yml",
+            "-e",
+            json.dumps(dict(extra_vars, role_under_test=role)),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT,
+        timeout=600,
+    )
+
+
+CASES = [
+    ("base", {"onebox_ssh_port": 70000}, "port number from 1 to 65535"),
+    ("ssh_hardening", {"ssh_hardening_port": 0}, "port number from 1 to 65535"),
+    ("ssh_hardening", {"ssh_hardening_port": "ssh"}, "port number from 1 to 65535"),
+    ("firewall", {"firewall_ssh_port": 65536}, "every port must be a number from 1 to 65535"),
+    ("firewall", {"firewall_allowed_tcp_ports": [80, "http"]}, "every port must be a number from 1 to 65535"),
+    ("firewall", {"firewall_allow_ssh": False, "firewall_allowed_tcp_ports": []}, "nobody could log in again"),
+    ("ssh_hardening", {"ssh_hardening_key_users": ["keyless"]}, "'keyless' has no authorized key"),
+    (
+        "ssh_hardening",
+        {"ssh_hardening_key_users": ["ghost"]},
+        "'ghost' is listed in ssh_hardening_key_users but does not exist",
+    ),
+    ("docker", {"docker_install_source": "snap"}, "docker_install_source must be one of: docker, distro"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keyless_user(target):
+    target.check_output("id keyless || useradd -m keyless")
+    yield
+    target.run("userdel -r keyless")
+
+
+@pytest.mark.parametrize("role,extra_vars,message", CASES, ids=[f"{c[0]}-{'-'.join(c[1])}" for c in CASES])
+def test_bad_input_fails_early_and_changes_nothing(target, role, extra_vars, message):
+    before = target.check_output(WATCHED)
+    res = run_role(role, extra_vars)
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, out[-2000:]
+    assert message in out, out[-2000:]
+    assert "Nothing was changed" in out or "must be one of" in out
+    assert "changed=0" in out, out[-2000:]
+    assert target.check_output(WATCHED) == before

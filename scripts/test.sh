@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The one test command (README: `make test`; CI: .ci/run). On a fresh
+# machine it installs and starts what it needs, then runs every stage:
+#   setup     venv, Docker engine, host packages, local images
+#   lint      yamllint, ansible-lint (production profile), ruff
+#   sanity    ansible-test sanity on the collection
+#   pytest    module tests against real HAProxy and PostgreSQL
+#   molecule  every Molecule scenario (real systemd containers)
+# Usage: scripts/test.sh [stage ...]   (default: all of them, in order)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export PATH="$ROOT/.venv/bin:$PATH"
+export ANSIBLE_CONFIG="$ROOT/ansible.cfg"
+export ANSIBLE_COLLECTIONS_PATH="$ROOT/.ansible/collections"
+export PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1
+SANITY_PYTHON=${SANITY_PYTHON:-3.11}
+
+HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync)
+
+stage_setup() {
+  local missing=()
+  for p in "${HOST_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "installing host packages: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || return 1
+  fi
+  make -s venv || return 1
+  bash scripts/engine.sh || return 1
+  bash scripts/images.sh all || return 1
+}
+
+stage_lint() {
+  local rc=0
+  yamllint -s . || rc=1
+  ansible-lint --profile production || rc=1
+  ruff check . || rc=1
+  ruff format --check . || rc=1
+  return $rc
+}
+
+stage_sanity() {
+  local pipv tmp coll
+  pipv=$(python - <<'PY'
+from ansible_test._internal.python_requirements import get_venv_packages
+class P: version = "3.11"
+print(get_venv_packages(P)["pip"].replace(".", "_"))
+PY
+) || return 1
+  mkdir -p ~/.ansible/test/cache
+  cp scripts/get_pip_standin.py ~/.ansible/test/cache/"get_pip_${pipv}.py"
+  # ansible-test wants the collection at ansible_collections/NS/NAME inside
+  # a git repository: test a copy of the working tree.
+  tmp=$(mktemp -d)
+  coll="$tmp/ansible_collections/onebox/platform"
+  mkdir -p "$coll"
+  rsync -a --exclude .venv --exclude .ansible --exclude .cache --exclude .git --exclude tests/output ./ "$coll/"
+  (cd "$coll" && git init -q && git add -A && git -c user.email=ci@localhost -c user.name=ci commit -qm sanity) || return 1
+  (cd "$coll" && ansible-test sanity --local --python "$SANITY_PYTHON" --color no)
+  local rc=$?
+  rm -rf "$tmp"
+  return $rc
+}
+
+stage_pytest() {
+  python -m pytest tests -p no:cacheprovider -ra
+}
+
+stage_molecule() {
+  local rc=0 s
+  for s in molecule/*/molecule.yml; do
+    s=$(basename "$(dirname "$s")")
+    echo "--- molecule test -s $s"
+    molecule test -s "$s" || { rc=1; molecule destroy -s "$s" >/dev/null 2>&1; }
+  done
+  return $rc
+}
+
+ALL=(setup lint sanity pytest molecule)
+STAGES=("$@")
+((${#STAGES[@]})) || STAGES=("${ALL[@]}")
+[[ " ${STAGES[*]} " == *" setup "* ]] || make -s link
+
+declare -a SUMMARY
+passed=0 failed=0
+for stage in "${STAGES[@]}"; do
+  if ! declare -F "stage_$stage" >/dev/null; then
+    echo "unknown stage '$stage' (stages: ${ALL[*]})" >&2; exit 2
+  fi
+  echo "=== stage $stage"
+  start=$(date +%s)
+  if "stage_$stage"; then result=passed; passed=$((passed + 1)); else result=FAILED; failed=$((failed + 1)); fi
+  line=$(printf 'stage %-9s %-6s %5ss' "$stage" "$result" "$(($(date +%s) - start))")
+  SUMMARY+=("$line")
+  echo "=== $line"
+  # Without a working setup nothing else can run meaningfully.
+  [[ $stage == setup && $result == FAILED ]] && break
+done
+echo
+echo "=== summary"
+printf '%s\n' "${SUMMARY[@]}"
+echo "stages: $passed passed, $failed failed"
+((failed == 0))
