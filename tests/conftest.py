@@ -1,0 +1,251 @@
+"""Shared fixtures: module runner, real HAProxy and tiny HTTP backends.
+
+Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS = os.path.join(ROOT, ".ansible", "collections")
+
+
+def _ensure_collection_link():
+    link = os.path.join(COLLECTIONS, "ansible_collections", "onebox", "platform")
+    if not os.path.exists(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(ROOT, link)
+
+
+_ensure_collection_link()
+if COLLECTIONS not in sys.path:
+    sys.path.insert(0, COLLECTIONS)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_module(name, args, check=False, diff=False, timeout=300, env=None):
+    """Run plugins/modules/NAME the way Ansible does (args file on argv)
+    and return (rc, result dict)."""
+    payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(payload, fh)
+        path = fh.name
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", f"ansible_collections.onebox.platform.plugins.modules.{name}", path],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=dict(os.environ, PYTHONPATH=COLLECTIONS, **(env or {})),
+        )
+    finally:
+        os.unlink(path)
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise AssertionError(f"module {name} printed no JSON: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc.returncode, result
+
+
+class Backend:
+    """A tiny HTTP app: /health answers `health_status`, every path answers
+    the version; /slow?s=N holds the request N seconds (a long session)."""
+
+    def __init__(self, version):
+        self.version = version
+        self.health_status = 200
+        self.port = free_port()
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                status = 200
+                if url.path == "/health":
+                    status = backend.health_status
+                elif url.path == "/slow":
+                    time.sleep(float(urllib.parse.parse_qs(url.query).get("s", ["1"])[0]))
+                body = json.dumps({"version": backend.version, "status": status}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+            def handle(self):
+                try:
+                    super().handle()
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+
+        self.server = None
+        self.handler = Handler
+        self.start()
+
+    def start(self):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+HAPROXY_CFG = """
+global
+    stats socket {dir}/admin.sock mode 600 level admin
+    stats socket {dir}/user.sock mode 600 level user
+    stats socket ipv4@127.0.0.1:{tcp_port} level admin
+    server-state-file {dir}/server-state
+    pidfile {dir}/haproxy.pid
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    load-server-state-from-file global
+    option redispatch
+    retries 2
+
+frontend web
+    bind 127.0.0.1:{http_port}
+    default_backend app
+
+backend app
+    option httpchk GET /health
+    default-server inter 300ms fall 2 rise 2
+    server blue 127.0.0.1:{blue_port} check
+    server green 127.0.0.1:{green_port} check {green_initial}
+"""
+
+
+class HAProxy:
+    def __init__(self, workdir, blue, green):
+        if not shutil.which("haproxy"):
+            pytest.fail("haproxy is not installed (scripts/test.sh setup installs it)")
+        self.dir = workdir
+        self.socket = os.path.join(workdir, "admin.sock")
+        self.user_socket = os.path.join(workdir, "user.sock")
+        self.tcp_port = free_port()
+        self.http_port = free_port()
+        self.cfg = os.path.join(workdir, "haproxy.cfg")
+        self.state_file = os.path.join(workdir, "server-state")
+        with open(self.cfg, "w") as fh:
+            fh.write(
+                HAPROXY_CFG.format(
+                    dir=workdir,
+                    tcp_port=self.tcp_port,
+                    http_port=self.http_port,
+                    blue_port=blue.port,
+                    green_port=green.port,
+                    green_initial="disabled",
+                )
+            )
+        self.start()
+
+    @property
+    def pid(self):
+        with open(os.path.join(self.dir, "haproxy.pid")) as fh:
+            return int(fh.read().split()[0])
+
+    def start(self, replace=False):
+        cmd = ["haproxy", "-f", self.cfg, "-D"]
+        if replace:
+            cmd += ["-sf", str(self.pid)]
+        subprocess.run(cmd, check=True, capture_output=True)
+        for _ in range(100):
+            if os.path.exists(self.socket):
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(self.socket)
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError("haproxy did not open its socket")
+
+    def reload(self):
+        """Start a new process that takes over (-sf), as a reload does."""
+        old = self.pid
+        self.start(replace=True)
+        for _ in range(100):
+            try:
+                os.kill(old, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+
+    def stop(self):
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+
+    def get(self, path="/", timeout=5):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+@pytest.fixture
+def backends():
+    blue, green = Backend("v1"), Backend("v2")
+    yield blue, green
+    blue.stop()
+    green.stop()
+
+
+@pytest.fixture
+def haproxy(tmp_path, backends):
+    blue, green = backends
+    proxy = HAProxy(str(tmp_path), blue, green)
+    # blue live and healthy; green in maintenance (disabled in the config).
+    from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient, describe_servers
+
+    client = RuntimeClient(proxy.socket)
+    wait_for(lambda: describe_servers(client, "app")["blue"]["status"] == "UP")
+    yield proxy
+    proxy.stop()

@@ -1,0 +1,281 @@
+"""haproxy_backend against a real HAProxy on loopback (R10, R42)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient, describe_servers
+from conftest import run_module, wait_for
+
+
+def states(proxy):
+    servers = describe_servers(RuntimeClient(proxy.socket), "app")
+    return {n: s["admin_state"] for n, s in servers.items()}
+
+
+def switch(proxy, active, **kw):
+    args = dict(socket=proxy.socket, backend="app", active=active, **kw)
+    return run_module("haproxy_backend", args, check=kw.pop("_check", False))
+
+
+def test_query_reports_every_server_and_changes_nothing(haproxy):
+    rc, res = run_module("haproxy_backend", dict(socket=haproxy.socket, backend="app", state="query"))
+    assert rc == 0, res.get("msg", res)
+    assert res["changed"] is False
+    assert res["active"] == ["blue"]
+    blue = res["servers"]["blue"]["after"]
+    assert blue["admin_state"] == "ready" and blue["op_state"] == "up" and blue["check_status"] == "L7OK"
+    assert res["servers"]["green"]["after"]["admin_state"] == "maint"
+    assert res["commands"] == []
+
+
+def test_switch_moves_all_traffic_and_is_idempotent(haproxy):
+    assert haproxy.get()[1]["version"] == "v1"
+    rc, res = switch(haproxy, ["green"], state_file=haproxy.state_file)
+    assert rc == 0, res.get("msg", res)
+    assert res["changed"] is True
+    assert res["previous_active"] == ["blue"]
+    assert res["active"] == ["green"]
+    assert res["servers"]["blue"]["after"]["admin_state"] == "maint"
+    assert res["servers"]["green"]["after"]["admin_state"] == "ready"
+    assert 0 <= res["switch_ms"] < 1000
+    assert "set server app/green state ready" in res["commands"]
+    assert {haproxy.get()[1]["version"] for _ in range(20)} == {"v2"}
+    # Same request again: nothing to do.
+    rc, again = switch(haproxy, ["green"])
+    assert rc == 0 and again["changed"] is False and again["commands"] == []
+
+
+def test_check_mode_reports_commands_and_changes_nothing(haproxy):
+    rc, res = run_module(
+        "haproxy_backend", dict(socket=haproxy.socket, backend="app", active=["green"]), check=True, diff=True
+    )
+    assert rc == 0, res.get("msg", res)
+    assert res["changed"] is True
+    assert res["commands"] == [
+        "set server app/green state drain",
+        "set server app/green state ready",
+        "set server app/blue state drain",
+        "set server app/blue state maint",
+    ]
+    assert res["diff"]["before"] == "blue: ready weight=1\ngreen: maint weight=1\n"
+    assert res["diff"]["after"] == "blue: maint weight=1\ngreen: ready weight=1\n"
+    assert states(haproxy) == {"blue": "ready", "green": "maint"}
+
+
+def test_refuses_a_failing_server_and_keeps_traffic(haproxy, backends):
+    _blue, green = backends
+    green.health_status = 500
+    rc, res = switch(haproxy, ["green"], health_timeout=2)
+    assert rc == 1
+    assert "refusing to make green live" in res["msg"]
+    assert "L7STS" in res["msg"]
+    assert "Traffic stays on blue" in res["msg"]
+    # Green went back to maintenance; blue still serves.
+    assert states(haproxy) == {"blue": "ready", "green": "maint"}
+    assert haproxy.get()[1]["version"] == "v1"
+
+
+def test_stale_check_result_after_maintenance_is_not_trusted(haproxy, backends):
+    """Leaving maintenance, HAProxy shows the old L7OK at partial health: a
+    dead server must still be refused once fresh checks fail."""
+    _blue, green = backends
+    green.stop()
+    rc, res = switch(haproxy, ["green"], health_timeout=2)
+    assert rc == 1
+    assert "refusing to make green live" in res["msg"]
+    assert "L4CON" in res["msg"] or "L4TOUT" in res["msg"]
+    assert states(haproxy) == {"blue": "ready", "green": "maint"}
+
+
+def test_refuses_when_the_live_target_itself_is_down(haproxy, backends):
+    blue, _green = backends
+    blue.health_status = 503
+    client = RuntimeClient(haproxy.socket)
+    wait_for(lambda: describe_servers(client, "app")["blue"]["op_state"] == "down")
+    rc, res = switch(haproxy, ["blue"], weights={"blue": 10}, health_timeout=1)
+    assert rc == 1 and "refusing to make blue live" in res["msg"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (dict(backend="nope", active=["green"]), "HAProxy has no backend 'nope'"),
+        (dict(backend="app", active=["purple"]), "backend 'app' has no server purple; it has blue, green"),
+        (dict(backend="app", active=[]), "'active' is empty"),
+        (dict(backend="app", active=["green"], weights={"green": 999}), "weight of green must be 0..256"),
+        (dict(backend="app"), "state is active but all of the following are missing: active"),
+    ],
+)
+def test_bad_input_fails_clearly_and_changes_nothing(haproxy, args, message):
+    rc, res = run_module("haproxy_backend", dict(socket=haproxy.socket, **args))
+    assert rc == 1
+    assert message in res["msg"]
+    assert states(haproxy) == {"blue": "ready", "green": "maint"}
+
+
+def test_missing_socket(tmp_path):
+    rc, res = run_module("haproxy_backend", dict(socket=str(tmp_path / "none.sock"), backend="app", state="query"))
+    assert rc == 1
+    assert "does not exist" in res["msg"] and "level admin" in res["msg"]
+
+
+def test_socket_without_admin_level(haproxy):
+    rc, res = run_module("haproxy_backend", dict(socket=haproxy.user_socket, backend="app", active=["green"]))
+    assert rc == 1
+    assert "level admin" in res["msg"]
+    assert states(haproxy) == {"blue": "ready", "green": "maint"}
+
+
+def test_socket_timeout_is_applied(tmp_path):
+    """A socket that accepts and never answers fails after `timeout`."""
+    path = str(tmp_path / "mute.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(5)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                pass
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        t0 = time.monotonic()
+        rc, res = run_module("haproxy_backend", dict(socket=path, backend="app", state="query", timeout=1))
+        elapsed = time.monotonic() - t0
+        assert rc == 1
+        assert "did not answer" in res["msg"] and "within 1 s" in res["msg"]
+        assert elapsed < 20  # bounded by the 1 s timeout, not hanging
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        for c in held:
+            c.close()
+
+
+def test_tcp_socket(haproxy):
+    rc, res = run_module(
+        "haproxy_backend", dict(socket=f"tcp://127.0.0.1:{haproxy.tcp_port}", backend="app", active=["green"])
+    )
+    assert rc == 0, res.get("msg", res)
+    assert res["active"] == ["green"]
+
+
+def test_state_survives_a_reload(haproxy):
+    rc, res = switch(haproxy, ["green"], state_file=haproxy.state_file)
+    assert rc == 0, res.get("msg", res)
+    assert os.path.exists(haproxy.state_file)
+    haproxy.reload()
+    assert states(haproxy) == {"blue": "maint", "green": "ready"}
+    wait_for(lambda: describe_servers(RuntimeClient(haproxy.socket), "app")["green"]["status"] == "UP")
+    assert haproxy.get()[1]["version"] == "v2"
+
+
+def test_without_state_file_a_reload_loses_the_switch(haproxy):
+    """Why state_file matters: the config's initial state comes back."""
+    rc, _res = switch(haproxy, ["green"])
+    assert rc == 0
+    os.unlink(haproxy.state_file) if os.path.exists(haproxy.state_file) else None
+    haproxy.reload()
+    assert states(haproxy)["green"] == "maint"
+
+
+def test_waits_for_sessions_to_drain_before_maintenance(haproxy):
+    result = {}
+
+    def slow():
+        try:
+            result["status"], result["body"] = haproxy.get("/slow?s=2", timeout=10)
+        except (urllib.error.URLError, OSError) as exc:
+            result["error"] = repr(exc)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    client = RuntimeClient(haproxy.socket)
+    wait_for(lambda: describe_servers(client, "app")["blue"]["sessions"] > 0)
+    rc, res = switch(haproxy, ["green"], drain_timeout=10)
+    t.join()
+    assert rc == 0, res.get("msg", res)
+    assert res["drained_sessions"] == {"blue": 1}
+    assert res["drain_ms"] >= 500
+    assert res["drain_timed_out"] is False
+    assert res["servers"]["blue"]["after"]["admin_state"] == "maint"
+    # The long request finished normally on blue.
+    assert result.get("status") == 200 and result["body"]["version"] == "v1", result
+
+
+def test_drain_timeout_leaves_server_draining_and_warns(haproxy):
+    result = {}
+
+    def slow():
+        result["status"], _ = haproxy.get("/slow?s=3", timeout=10)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    client = RuntimeClient(haproxy.socket)
+    wait_for(lambda: describe_servers(client, "app")["blue"]["sessions"] > 0)
+    rc, res = switch(haproxy, ["green"], drain_timeout=0.5)
+    t.join()
+    assert rc == 0, res.get("msg", res)
+    assert res["drain_timed_out"] is True
+    assert res["servers"]["blue"]["after"]["admin_state"] == "drain"
+    assert any("outlived drain_timeout" in str(w) for w in res.get("warnings", [])), res.keys()
+    assert result["status"] == 200
+    # A later run finishes the job.
+    rc, res = switch(haproxy, ["green"])
+    assert rc == 0 and res["changed"] and states(haproxy)["blue"] == "maint"
+
+
+def test_weights_are_set_and_idempotent(haproxy):
+    rc, res = switch(haproxy, ["blue"], weights={"blue": 50})
+    assert rc == 0 and res["changed"] and res["servers"]["blue"]["after"]["weight"] == 50
+    rc, res = switch(haproxy, ["blue"], weights={"blue": 50})
+    assert rc == 0 and res["changed"] is False
+
+
+def test_no_failed_request_during_switches_under_load(haproxy):
+    """Constant traffic while switching back and forth: every request answers
+    200 (bounded: at most 10 s or 20,000 requests)."""
+    stop = threading.Event()
+    counts = {"ok": 0, "failed": 0, "versions": set()}
+    errors = []
+
+    def load():
+        deadline = time.monotonic() + 10
+        while not stop.is_set() and time.monotonic() < deadline and counts["ok"] + counts["failed"] < 20000:
+            try:
+                status, body = haproxy.get("/", timeout=5)
+                counts["ok" if status == 200 else "failed"] += 1
+                counts["versions"].add(body["version"])
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                counts["failed"] += 1
+                errors.append(repr(exc))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        for target in (["green"], ["blue"], ["green"]):
+            rc, res = switch(haproxy, target, drain_timeout=5)
+            assert rc == 0, res.get("msg", res)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert counts["failed"] == 0, errors[:5]
+    assert counts["ok"] > 100
+    assert counts["versions"] == {"v1", "v2"}
