@@ -63,7 +63,9 @@ def run_module(name, args, check=False, diff=False, timeout=300, env=None):
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise AssertionError(f"module {name} printed no JSON: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"module {name} printed no JSON: rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        ) from None
     return proc.returncode, result
 
 
