@@ -76,6 +76,7 @@ class Backend:
     def __init__(self, version):
         self.version = version
         self.health_status = 200
+        self.required_host = None  # answer 400 to other Host headers, like Django
         self.port = free_port()
         backend = self
 
@@ -85,7 +86,9 @@ class Backend:
             def do_GET(self):
                 url = urllib.parse.urlparse(self.path)
                 status = 200
-                if url.path == "/health":
+                if backend.required_host and self.headers.get("Host") != backend.required_host:
+                    status = 400
+                elif url.path == "/health":
                     status = backend.health_status
                 elif url.path == "/slow":
                     time.sleep(float(urllib.parse.parse_qs(url.query).get("s", ["1"])[0]))
