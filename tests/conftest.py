@@ -254,3 +254,7 @@ def haproxy(tmp_path, backends):
     wait_for(lambda: describe_servers(client, "app")["blue"]["status"] == "UP")
     yield proxy
     proxy.stop()
+
+
+# PostgreSQL fixtures live in their own file; importing them here registers them.
+from pg_fixtures import appdb, cluster, containerdb, pg_container  # noqa: E402, F401

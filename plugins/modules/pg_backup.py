@@ -1,0 +1,290 @@
+#!/usr/bin/python
+# Copyright: onebox.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pg_backup
+short_description: Take a verified PostgreSQL backup and apply retention
+version_added: "0.1.0"
+description:
+  - Runs C(pg_dump) on this host (over TCP or a socket) or inside a Docker container
+    (O(container), so pg_dump matches the server's version), never with a TTY.
+  - The dump is written under a hidden temporary name, read back in full (C(pg_restore -f /dev/null),
+    or a complete gzip decode and pg_dump's closing line for plain SQL), fsynced and only then renamed
+    to C({name_prefix}{dbname}-{YYYYmmddTHHMMSSZ}.{dump|dir|sql.gz|sql}), with a sha256sum-format
+    C(.sha256) file beside it. Files are mode 0600, directories 0700.
+  - A failed or unverifiable dump leaves no file behind and prunes nothing. C(pg_restore --list)
+    alone is not trusted, because it reads only the table of contents and passes on a file cut in
+    its data section.
+  - A lock file in O(backup_dir) makes runs wait for each other (a timer and a manual run never
+    overlap). Partial files left by a killed run are removed under that lock.
+  - Retention runs only after a good dump. It keeps the O(keep_last) newest backups and the newest
+    backup of each of the last O(keep_hourly) hours, O(keep_daily) days, O(keep_weekly) ISO weeks and
+    O(keep_monthly) months; it never removes the newest backup and only touches files of its own
+    naming pattern that have a checksum. With every keep option at 0 nothing is pruned.
+  - The password reaches pg_dump in the environment (C(PGPASSWORD)), never on a command line.
+author:
+  - onebox.platform contributors
+options:
+  backup_dir:
+    description: Directory for the backups. It must exist.
+    type: path
+    required: true
+  dbname:
+    description: Database to back up.
+    type: str
+    required: true
+  host:
+    description: Server host or socket directory. Default is libpq's (local socket).
+    type: str
+  port:
+    description: Server port.
+    type: int
+  user:
+    description: Role to connect as.
+    type: str
+  password:
+    description: Password of O(user). Passed in the environment only.
+    type: str
+  container:
+    description: Run pg_dump inside this Docker container (C(docker exec)).
+    type: str
+  container_user:
+    description: User to run the tools as inside O(container) (C(docker exec --user)).
+    type: str
+  docker_bin:
+    description: The docker command.
+    type: str
+    default: docker
+  bin_dir:
+    description: Directory of pg_dump/pg_restore/psql on this host (for example C(/usr/lib/postgresql/16/bin)).
+    type: path
+  format:
+    description:
+      - V(custom) (one compressed file, selective restore), V(directory) (parallel dump with O(jobs))
+        or V(plain) (SQL, compressed by the module).
+    type: str
+    choices: [custom, directory, plain]
+    default: custom
+  compression:
+    description:
+      - V(gzip) works everywhere; V(zstd) and V(lz4) need pg_dump 16 or newer.
+    type: str
+    choices: [gzip, zstd, lz4, none]
+    default: gzip
+  compression_level:
+    description: Compression level (tool default when unset).
+    type: int
+  jobs:
+    description: Parallel jobs; needs O(format=directory).
+    type: int
+    default: 1
+  globals:
+    description: Also save roles and tablespaces (C(pg_dumpall --globals-only)) as C(<backup>.globals.sql).
+    type: bool
+    default: false
+  extra_args:
+    description: Extra pg_dump arguments (for example C(--exclude-table-data=audit_log)).
+    type: list
+    elements: str
+    default: []
+  name_prefix:
+    description: Prefix of the backup names.
+    type: str
+    default: ""
+  keep_last:
+    description: Keep this many newest backups.
+    type: int
+    default: 0
+  keep_hourly:
+    description: Keep the newest backup of each of this many most recent hours.
+    type: int
+    default: 0
+  keep_daily:
+    description: Keep the newest backup of each of this many most recent days.
+    type: int
+    default: 0
+  keep_weekly:
+    description: Keep the newest backup of each of this many most recent ISO weeks.
+    type: int
+    default: 0
+  keep_monthly:
+    description: Keep the newest backup of each of this many most recent months.
+    type: int
+    default: 0
+  lock_timeout:
+    description: Seconds to wait for another backup or restore in O(backup_dir) to finish.
+    type: float
+    default: 60
+notes:
+  - Check mode reports the name it would write and the backups it would prune.
+  - Dump-based backups lose up to one interval of data; for less, use WAL archiving.
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+seealso:
+  - module: onebox.platform.pg_restore
+"""
+
+EXAMPLES = r"""
+- name: Back up the app database from its container, keep a sensible history
+  onebox.platform.pg_backup:
+    container: postgres
+    dbname: app
+    backup_dir: /var/backups/postgres
+    keep_last: 8
+    keep_hourly: 24
+    keep_daily: 30
+    keep_weekly: 8
+    keep_monthly: 12
+
+- name: Parallel directory dump over TCP
+  onebox.platform.pg_backup:
+    host: 127.0.0.1
+    port: 5432
+    user: backup
+    password: "{{ vault_pg_backup_password }}"
+    dbname: app
+    format: directory
+    jobs: 2
+    backup_dir: /var/backups/postgres
+  register: backup
+
+- name: Where it went
+  ansible.builtin.debug:
+    msg: "{{ backup.path }} ({{ backup.size }} bytes, sha256 {{ backup.sha256 }})"
+"""
+
+RETURN = r"""
+path:
+  description: The new backup.
+  returned: success
+  type: str
+  sample: /var/backups/postgres/app-20261123T101500Z.dump
+size:
+  description: Size in bytes (sum of files for a directory backup).
+  returned: success, not in check mode
+  type: int
+sha256:
+  description: SHA-256 of the file (of the manifest for a directory backup).
+  returned: success, not in check mode
+  type: str
+duration:
+  description: Seconds the whole run took (dump, verification, retention).
+  returned: success
+  type: float
+kept:
+  description: Backups kept, newest first.
+  returned: success
+  type: list
+  elements: str
+pruned:
+  description: Backups removed (or that would be, in check mode).
+  returned: success
+  type: list
+  elements: str
+removed_partials:
+  description: Leftovers of killed runs that were removed.
+  returned: success, not in check mode
+  type: list
+  elements: str
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import (
+    Backup,
+    BackupError,
+    PgRunner,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            backup_dir=dict(type="path", required=True),
+            dbname=dict(type="str", required=True),
+            host=dict(type="str"),
+            port=dict(type="int"),
+            user=dict(type="str"),
+            password=dict(type="str", no_log=True),
+            container=dict(type="str"),
+            container_user=dict(type="str"),
+            docker_bin=dict(type="str", default="docker"),
+            bin_dir=dict(type="path"),
+            format=dict(type="str", default="custom", choices=["custom", "directory", "plain"]),
+            compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "lz4", "none"]),
+            compression_level=dict(type="int"),
+            jobs=dict(type="int", default=1),
+            globals=dict(type="bool", default=False),
+            extra_args=dict(type="list", elements="str", default=[]),
+            name_prefix=dict(type="str", default=""),
+            keep_last=dict(type="int", default=0),
+            keep_hourly=dict(type="int", default=0),
+            keep_daily=dict(type="int", default=0),
+            keep_weekly=dict(type="int", default=0),
+            keep_monthly=dict(type="int", default=0),
+            lock_timeout=dict(type="float", default=60.0),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "jobs"):
+        if p[key] < 0:
+            module.fail_json(msg=f"{key} must not be negative, got {p[key]}")
+    runner = PgRunner(
+        host=p["host"],
+        port=p["port"],
+        user=p["user"],
+        password=p["password"],
+        container=p["container"],
+        docker=p["docker_bin"],
+        bin_dir=p["bin_dir"],
+        container_user=p["container_user"],
+    )
+    backup = Backup(
+        runner,
+        p["backup_dir"],
+        p["dbname"],
+        fmt=p["format"],
+        compression=p["compression"],
+        compression_level=p["compression_level"],
+        jobs=p["jobs"],
+        prefix=p["name_prefix"],
+        globals_too=p["globals"],
+        extra_args=p["extra_args"],
+        lock_timeout=p["lock_timeout"],
+        retention={k: p[k] for k in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")},
+    )
+    t0 = time.monotonic()
+    try:
+        if module.check_mode:
+            plan = backup.plan()
+            diff = dict(before="".join(f"{n}\n" for n in plan["before"]), after="".join(f"{n}\n" for n in plan["kept"]))
+            module.exit_json(
+                changed=True,
+                path=plan["path"],
+                kept=plan["kept"],
+                pruned=plan["pruned"],
+                duration=round(time.monotonic() - t0, 3),
+                diff=diff,
+            )
+        before = [b for b in backup.plan()["before"]]
+        out = backup.run()
+        module.exit_json(
+            changed=True,
+            diff=dict(before="".join(f"{n}\n" for n in before), after="".join(f"{n}\n" for n in out["kept"])),
+            **out,
+        )
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+
+
+if __name__ == "__main__":
+    main()
