@@ -190,7 +190,7 @@ class HAProxy:
         if replace:
             cmd += ["-sf", str(self.pid)]
         subprocess.run(cmd, check=True, capture_output=True)
-        for _ in range(100):
+        for _attempt in range(100):
             if os.path.exists(self.socket):
                 try:
                     with socket.socket(socket.AF_UNIX) as s:
@@ -205,7 +205,7 @@ class HAProxy:
         """Start a new process that takes over (-sf), as a reload does."""
         old = self.pid
         self.start(replace=True)
-        for _ in range(100):
+        for _attempt in range(100):
             try:
                 os.kill(old, 0)
             except ProcessLookupError:
@@ -257,4 +257,4 @@ def haproxy(tmp_path, backends):
 
 
 # PostgreSQL fixtures live in their own file; importing them here registers them.
-from pg_fixtures import appdb, cluster, containerdb, pg_container  # noqa: E402, F401
+from pg_fixtures import appdb, cluster, containerdb, pg_container  # noqa: E402, F401  # pylint: disable=unused-import

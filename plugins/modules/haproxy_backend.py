@@ -27,7 +27,7 @@ description:
     live colour.
   - C(changed) follows admin state and weight only, never traffic counters.
 author:
-  - onebox.platform contributors
+  - onebox.platform developers (@onebox)
 options:
   socket:
     description:
@@ -88,8 +88,10 @@ notes:
     applies its socket timeout and keeps state across reloads.
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: full
   diff_mode:
+    description: Returns details on what has changed (or would change in check mode).
     support: full
 """
 

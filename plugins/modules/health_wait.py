@@ -19,7 +19,7 @@ description:
     number of attempts, so a failed deploy says why.
   - Runs on the managed host (probe what the server sees, such as a container on a private port).
 author:
-  - onebox.platform contributors
+  - onebox.platform developers (@onebox)
 options:
   url:
     description: One URL or a list of URLs. Exactly one of O(url) and O(container) is required.
@@ -91,8 +91,10 @@ notes:
   - Changes nothing; check mode runs the same probes (they are read-only).
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: full
   diff_mode:
+    description: Returns details on what has changed (or would change in check mode).
     support: none
 """
 

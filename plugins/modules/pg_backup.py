@@ -27,7 +27,7 @@ description:
     naming pattern that have a checksum. With every keep option at 0 nothing is pruned.
   - The password reaches pg_dump in the environment (C(PGPASSWORD)), never on a command line.
 author:
-  - onebox.platform contributors
+  - onebox.platform developers (@onebox)
 options:
   backup_dir:
     description: Directory for the backups. It must exist.
@@ -124,8 +124,10 @@ notes:
   - Dump-based backups lose up to one interval of data; for less, use WAL archiving.
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: full
   diff_mode:
+    description: Returns details on what has changed (or would change in check mode).
     support: full
 seealso:
   - module: onebox.platform.pg_restore
@@ -275,7 +277,7 @@ def main():
                 duration=round(time.monotonic() - t0, 3),
                 diff=diff,
             )
-        before = [b for b in backup.plan()["before"]]
+        before = list(backup.plan()["before"])
         out = backup.run()
         module.exit_json(
             changed=True,

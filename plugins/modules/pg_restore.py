@@ -12,17 +12,17 @@ version_added: "0.1.0"
 description:
   - Restores a backup written by M(onebox.platform.pg_backup), chosen by O(path) or the newest
     verified one in O(backup_dir), into O(target_db) (by default the database it came from).
-  - The SHA-256 checksum is checked before anything is touched; a damaged backup is never restored.
+  - The SHA-256 checksum is checked before anything is touched, and a damaged backup is never restored.
   - Restoring over a live database (one with tables or other connections) is refused unless
     O(confirm_overwrite=true). Restoring into a new scratch database needs O(create=true).
   - Custom and directory backups go through C(pg_restore --exit-on-error), in one transaction
-    unless O(jobs) > 1, with C(--clean --if-exists) when the target already existed (O(clean)):
+    unless O(jobs) > 1, with C(--clean --if-exists) when the target already existed (O(clean)), so
     objects in the backup are dropped and recreated, objects that are not in it are left alone.
     Plain backups go through C(psql -v ON_ERROR_STOP=1 --single-transaction); they were dumped with
     C(--clean --if-exists).
   - With O(container) the tools run inside the database container.
 author:
-  - onebox.platform contributors
+  - onebox.platform developers (@onebox)
 options:
   path:
     description: The backup to restore. Exactly one of O(path) and O(backup_dir) is required.
@@ -97,8 +97,10 @@ notes:
   - Check mode verifies the checksum and the target and reports what would be restored.
 attributes:
   check_mode:
+    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: full
   diff_mode:
+    description: Returns details on what has changed (or would change in check mode).
     support: none
 seealso:
   - module: onebox.platform.pg_backup

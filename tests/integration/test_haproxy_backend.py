@@ -46,7 +46,7 @@ def test_switch_moves_all_traffic_and_is_idempotent(haproxy):
     assert res["servers"]["green"]["after"]["admin_state"] == "ready"
     assert 0 <= res["switch_ms"] < 1000
     assert "set server app/green state ready" in res["commands"]
-    assert {haproxy.get()[1]["version"] for _ in range(20)} == {"v2"}
+    assert {haproxy.get()[1]["version"] for _i in range(20)} == {"v2"}
     # Same request again: nothing to do.
     rc, again = switch(haproxy, ["green"])
     assert rc == 0 and again["changed"] is False and again["commands"] == []
@@ -70,7 +70,7 @@ def test_check_mode_reports_commands_and_changes_nothing(haproxy):
 
 
 def test_refuses_a_failing_server_and_keeps_traffic(haproxy, backends):
-    _blue, green = backends
+    green = backends[1]
     green.health_status = 500
     rc, res = switch(haproxy, ["green"], health_timeout=2)
     assert rc == 1
@@ -85,7 +85,7 @@ def test_refuses_a_failing_server_and_keeps_traffic(haproxy, backends):
 def test_stale_check_result_after_maintenance_is_not_trusted(haproxy, backends):
     """Leaving maintenance, HAProxy shows the old L7OK at partial health: a
     dead server must still be refused once fresh checks fail."""
-    _blue, green = backends
+    green = backends[1]
     green.stop()
     rc, res = switch(haproxy, ["green"], health_timeout=2)
     assert rc == 1
@@ -95,7 +95,7 @@ def test_stale_check_result_after_maintenance_is_not_trusted(haproxy, backends):
 
 
 def test_refuses_when_the_live_target_itself_is_down(haproxy, backends):
-    blue, _green = backends
+    blue = backends[0]
     blue.health_status = 503
     client = RuntimeClient(haproxy.socket)
     wait_for(lambda: describe_servers(client, "app")["blue"]["op_state"] == "down")
@@ -187,7 +187,7 @@ def test_state_survives_a_reload(haproxy):
 
 def test_without_state_file_a_reload_loses_the_switch(haproxy):
     """Why state_file matters: the config's initial state comes back."""
-    rc, _res = switch(haproxy, ["green"])
+    rc = switch(haproxy, ["green"])[0]
     assert rc == 0
     os.unlink(haproxy.state_file) if os.path.exists(haproxy.state_file) else None
     haproxy.reload()
@@ -222,7 +222,7 @@ def test_drain_timeout_leaves_server_draining_and_warns(haproxy):
     result = {}
 
     def slow():
-        result["status"], _ = haproxy.get("/slow?s=3", timeout=10)
+        result["status"] = haproxy.get("/slow?s=3", timeout=10)[0]
 
     t = threading.Thread(target=slow)
     t.start()
@@ -265,7 +265,7 @@ def test_no_failed_request_during_switches_under_load(haproxy):
                 counts["failed"] += 1
                 errors.append(repr(exc))
 
-    workers = [threading.Thread(target=load) for _ in range(4)]
+    workers = [threading.Thread(target=load) for _i in range(4)]
     for w in workers:
         w.start()
     try:

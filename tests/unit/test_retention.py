@@ -48,14 +48,14 @@ def test_every_backup_is_either_kept_or_pruned(history, policy):
 
 @given(histories, policies)
 def test_keep_last_keeps_the_newest_n(history, policy):
-    kept, _ = select_retention(history, **policy)
+    kept = select_retention(history, **policy)[0]
     newest = [b["name"] for b in sorted(history, key=lambda b: b["time"], reverse=True)]
     assert set(newest[: policy["keep_last"]]) <= set(kept)
 
 
 @given(histories, st.integers(1, 10))
 def test_keep_daily_keeps_newest_of_each_recent_day(history, days):
-    kept, _ = select_retention(history, keep_daily=days)
+    kept = select_retention(history, keep_daily=days)[0]
     by_day = {}
     for b in sorted(history, key=lambda b: b["time"], reverse=True):
         by_day.setdefault(b["time"].date(), b["name"])
@@ -73,7 +73,7 @@ def test_no_rules_means_no_pruning(history):
 @given(histories, policies, st.data())
 def test_protected_names_are_kept(history, policy, data):
     protect = data.draw(st.sampled_from([b["name"] for b in history]))
-    kept, _ = select_retention(history, protect=(protect,), **policy)
+    kept = select_retention(history, protect=(protect,), **policy)[0]
     assert protect in kept
 
 
