@@ -145,16 +145,20 @@ def wait_urls(
     validate_certs=True,
     method="GET",
     follow_redirects=False,
+    max_failures=0,
     clock=time.monotonic,
     sleep=time.sleep,
 ):
-    """Poll every URL until each has ``successes`` good answers in a row."""
+    """Poll every URL until each has ``successes`` good answers in a row.
+    With ``max_failures``, stop as soon as that many bad answers were seen
+    (a verification window that must not tolerate errors)."""
     start = clock()
     if initial_delay:
         sleep(initial_delay)
     streak = {u: 0 for u in urls}
     last = {u: None for u in urls}
     attempts = 0
+    failures = 0
     while True:
         for url in urls:
             if streak[url] >= successes:
@@ -163,6 +167,13 @@ def wait_urls(
             attempts += 1
             last[url] = result
             streak[url] = streak[url] + 1 if result["ok"] else 0
+            failures += 0 if result["ok"] else 1
+            if max_failures and failures >= max_failures:
+                raise HealthError(
+                    f"{failures} bad answer(s) after {attempts} attempts (max_failures={max_failures}). "
+                    f"{_describe_last(url, result)}",
+                    {"attempts": attempts, "elapsed": round(clock() - start, 3), "last": last},
+                )
         if all(n >= successes for n in streak.values()):
             return {"attempts": attempts, "elapsed": round(clock() - start, 3), "last": last}
         if clock() - start + interval > deadline:

@@ -42,8 +42,9 @@ options:
     description:
       - V(active) makes O(active) the live servers.
       - V(query) only reports.
+      - V(save) writes the current state to O(state_file) (run it before reloading HAProxy).
     type: str
-    choices: [active, query]
+    choices: [active, query, save]
     default: active
   active:
     description:
@@ -100,6 +101,12 @@ EXAMPLES = r"""
   onebox.platform.haproxy_backend:
     backend: app
     active: [green]
+    state_file: /var/lib/haproxy/server-state
+
+- name: Save the state before a reload
+  onebox.platform.haproxy_backend:
+    backend: app
+    state: save
     state_file: /var/lib/haproxy/server-state
 
 - name: Which colour is live?
@@ -204,7 +211,7 @@ def main():
         argument_spec=dict(
             socket=dict(type="str", default="/run/haproxy/admin.sock"),
             backend=dict(type="str", required=True),
-            state=dict(type="str", default="active", choices=["active", "query"]),
+            state=dict(type="str", default="active", choices=["active", "query", "save"]),
             active=dict(type="list", elements="str"),
             inactive_state=dict(type="str", default="maint", choices=["maint", "drain"]),
             weights=dict(type="dict"),
@@ -214,7 +221,7 @@ def main():
             timeout=dict(type="float", default=5.0),
             state_file=dict(type="path"),
         ),
-        required_if=[("state", "active", ("active",))],
+        required_if=[("state", "active", ("active",)), ("state", "save", ("state_file",))],
         supports_check_mode=True,
     )
     p = module.params
@@ -224,7 +231,9 @@ def main():
     try:
         current = describe_servers(client, p["backend"])
         result["previous_active"] = live_servers(current)
-        if p["state"] == "query":
+        if p["state"] == "save" and not module.check_mode:
+            client.save_state(p["state_file"])
+        if p["state"] in ("query", "save"):
             result.update(
                 active=live_servers(current),
                 servers={n: {"before": public(s), "after": public(s)} for n, s in current.items()},

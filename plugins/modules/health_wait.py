@@ -67,6 +67,12 @@ options:
     description: Good answers in a row needed, per URL (or healthy observations of the container).
     type: int
     default: 1
+  max_failures:
+    description:
+      - Fail as soon as this many bad answers have been seen (0 means keep trying until O(deadline)).
+      - V(1) with a large O(successes) makes a verification window that tolerates no error.
+    type: int
+    default: 0
   interval:
     description: Seconds between rounds of requests.
     type: float
@@ -108,6 +114,17 @@ EXAMPLES = r"""
     successes: 3
     interval: 0.5
     deadline: 90
+
+- name: Verification window through the public endpoint, no error tolerated
+  onebox.platform.health_wait:
+    url: http://127.0.0.1/health
+    host_header: shop.example.com
+    json_path: version
+    json_value: "{{ app_version }}"
+    successes: 20
+    interval: 0.5
+    max_failures: 1
+    deadline: 30
 
 - name: Wait for the database container's HEALTHCHECK
   onebox.platform.health_wait:
@@ -169,6 +186,7 @@ def main():
             validate_certs=dict(type="bool", default=True),
             follow_redirects=dict(type="bool", default=False),
             successes=dict(type="int", default=1),
+            max_failures=dict(type="int", default=0),
             interval=dict(type="float", default=1.0),
             timeout=dict(type="float", default=5.0),
             deadline=dict(type="float", default=60.0),
@@ -181,9 +199,10 @@ def main():
         supports_check_mode=True,
     )
     p = module.params
-    for key in ("successes",):
-        if p[key] < 1:
-            module.fail_json(msg=f"{key} must be at least 1, got {p[key]}")
+    if p["successes"] < 1:
+        module.fail_json(msg=f"successes must be at least 1, got {p['successes']}")
+    if p["max_failures"] < 0:
+        module.fail_json(msg=f"max_failures must not be negative, got {p['max_failures']}")
     for key in ("interval", "timeout", "deadline", "initial_delay"):
         if p[key] < 0 or (key in ("timeout", "deadline") and p[key] == 0):
             module.fail_json(msg=f"{key} must be positive, got {p[key]}")
@@ -220,6 +239,7 @@ def main():
             validate_certs=p["validate_certs"],
             method=p["method"],
             follow_redirects=p["follow_redirects"],
+            max_failures=p["max_failures"],
         )
         module.exit_json(changed=False, **out)
     except HealthError as exc:

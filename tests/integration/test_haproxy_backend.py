@@ -185,6 +185,17 @@ def test_state_survives_a_reload(haproxy):
     assert haproxy.get()[1]["version"] == "v2"
 
 
+def test_save_before_reload_keeps_a_change_made_without_state_file(haproxy):
+    rc = switch(haproxy, ["green"])[0]
+    assert rc == 0
+    rc, res = run_module(
+        "haproxy_backend", dict(socket=haproxy.socket, backend="app", state="save", state_file=haproxy.state_file)
+    )
+    assert rc == 0 and res["changed"] is False
+    haproxy.reload()
+    assert states(haproxy) == {"blue": "maint", "green": "ready"}
+
+
 def test_without_state_file_a_reload_loses_the_switch(haproxy):
     """Why state_file matters: the config's initial state comes back."""
     rc = switch(haproxy, ["green"])[0]

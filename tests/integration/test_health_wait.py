@@ -97,6 +97,18 @@ def test_every_url_must_pass(app):
         other.stop()
 
 
+def test_max_failures_stops_a_verification_window_at_the_first_error(app):
+    import threading
+
+    threading.Timer(0.6, lambda: setattr(app, "health_status", 500)).start()
+    t0 = time.monotonic()
+    rc, res = run_module("health_wait", dict(url=url(app), successes=1000, interval=0.1, max_failures=1, deadline=60))
+    assert rc == 1
+    assert "1 bad answer(s)" in res["msg"] and "HTTP 500" in res["msg"]
+    assert res["attempts"] >= 3
+    assert time.monotonic() - t0 < 30  # not the 60 s deadline
+
+
 def test_recovers_when_the_app_comes_up_late(app):
     app.health_status = 503
     import threading

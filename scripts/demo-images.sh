@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The demo app, as images built from Debian's static busybox (no registry):
+#   local/demo:v1, v2  healthy; / and /health answer {"version": "vN"}
+#   local/demo:v3      broken: never healthy (no /health)
+#   local/demo:v4      healthy at first, then /health disappears after
+#                      DEMO_FAIL_AFTER seconds (a crash after the switch)
+# Each is also saved to .cache/images/demo-vN.tar for `docker load` on a server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUSYBOX=/bin/busybox
+if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
+fi
+mkdir -p .cache/images
+for v in v1 v2 v3 v4; do
+  tar=.cache/images/demo-$v.tar
+  if docker image inspect "local/demo:$v" >/dev/null 2>&1 && [ -s "$tar" ]; then continue; fi
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/www" "$root/tmp"
+  cp "$BUSYBOX" "$root/bin/busybox"
+  for a in sh httpd wget sleep rm cat echo date; do ln -s busybox "$root/bin/$a"; done
+  printf '{"version": "%s", "app": "onebox-demo"}\n' "$v" >"$root/www/index.html"
+  [ "$v" = v3 ] || printf '{"version": "%s", "status": "ok"}\n' "$v" >"$root/www/health"
+  cat >"$root/start.sh" <<'START'
+#!/bin/sh
+# Serve /www on 8080. DEMO_FAIL_AFTER: remove /health after that many seconds.
+if [ -n "${DEMO_FAIL_AFTER:-}" ]; then (sleep "$DEMO_FAIL_AFTER"; rm -f /www/health) & fi
+exec httpd -f -p 8080 -h /www
+START
+  chmod +x "$root/start.sh"
+  changes=(--change 'CMD ["/start.sh"]' --change 'EXPOSE 8080'
+    --change 'HEALTHCHECK --interval=2s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1')
+  [ "$v" = v4 ] && changes+=(--change 'ENV DEMO_FAIL_AFTER=15')
+  tar -C "$root" -c . | docker import "${changes[@]}" - "local/demo:$v" >/dev/null
+  rm -rf "$root"
+  docker save -o "$tar" "local/demo:$v"
+done
+echo "demo images: $(ls .cache/images | tr '\n' ' ')"
