@@ -16,6 +16,7 @@ for v in v1 v2 v3 v4; do
   tar=.cache/images/demo-$v.tar
   if docker image inspect "local/demo:$v" >/dev/null 2>&1 && [ -s "$tar" ]; then continue; fi
   root=$(mktemp -d)
+  chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
   cp "$BUSYBOX" "$root/bin/busybox"
   for a in sh httpd wget sleep rm cat echo date; do ln -s busybox "$root/bin/$a"; done

@@ -26,6 +26,8 @@ build_base() {
   for u in systemd-remount-fs.service systemd-firstboot.service getty.target; do
     ln -sf /dev/null "$root/etc/systemd/system/$u"
   done
+  # mktemp made it 0700: the image's / must be traversable by non-root users.
+  chmod 755 "$root"
   tar -C "$root" -c . | docker import --change 'CMD ["/lib/systemd/systemd"]' - "$BASE" >/dev/null
   rm -rf "$root"
 }
@@ -64,9 +66,16 @@ ENTRY
   rm -rf "$ctx"
 }
 
+# An archive of the PostgreSQL image, for `docker load` on test servers.
+save_postgres() {
+  mkdir -p .cache/images
+  [ -s .cache/images/postgres-15.tar ] || docker save -o .cache/images/postgres-15.tar local/postgres:15
+}
+
+cd "$(dirname "$0")/.."
 case "${1:-all}" in
   base) build_base ;;
-  postgres) build_base; build_postgres ;;
-  all) build_base; build_postgres ;;
+  postgres) build_base; build_postgres; save_postgres ;;
+  all) build_base; build_postgres; save_postgres ;;
   *) echo "usage: $0 [base|postgres|all]" >&2; exit 2 ;;
 esac

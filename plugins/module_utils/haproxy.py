@@ -267,13 +267,18 @@ class Switch:
         self.poll = poll
         self.clock = clock
         self.sent = []
+        # Only an explicit maintenance request may leave no live server.
+        self.allow_empty = False
 
     def _cmd(self, server, verb):
         return f"set server {self.backend}/{server} {verb}"
 
     def validate(self, servers):
-        if not self.active:
-            raise HAProxyError("'active' is empty: that would leave the backend with no live server")
+        if not self.active and not self.allow_empty:
+            raise HAProxyError(
+                "'active' is empty: that would leave the backend with no live server "
+                "(use state=maintenance to take the app down on purpose)"
+            )
         unknown = [s for s in self.active + list(self.weights) if s not in servers]
         if unknown:
             raise HAProxyError(

@@ -398,6 +398,33 @@ class PgRunner:
         return int(m.group(1)) if m else 0
 
 
+# Connection options shared by the pg_backup and pg_restore modules
+# (documented in the onebox.platform.postgres doc fragment).
+CONNECTION_ARGS = dict(
+    host=dict(type="str"),
+    port=dict(type="int"),
+    user=dict(type="str"),
+    password=dict(type="str", no_log=True),
+    container=dict(type="str"),
+    container_user=dict(type="str"),
+    docker_bin=dict(type="str", default="docker"),
+    bin_dir=dict(type="path"),
+)
+
+
+def runner_from_params(params):
+    return PgRunner(
+        host=params["host"],
+        port=params["port"],
+        user=params["user"],
+        password=params["password"],
+        container=params["container"],
+        docker=params["docker_bin"],
+        bin_dir=params["bin_dir"],
+        container_user=params["container_user"],
+    )
+
+
 def quote_ident(name):
     return '"' + name.replace('"', '""') + '"'
 

@@ -43,8 +43,10 @@ options:
       - V(active) makes O(active) the live servers.
       - V(query) only reports.
       - V(save) writes the current state to O(state_file) (run it before reloading HAProxy).
+      - V(maintenance) takes every server out on purpose (drain, wait for sessions, maintenance):
+        HAProxy then answers 503 with the backend's error page. V(active) brings servers back.
     type: str
-    choices: [active, query, save]
+    choices: [active, query, save, maintenance]
     default: active
   active:
     description:
@@ -107,6 +109,12 @@ EXAMPLES = r"""
   onebox.platform.haproxy_backend:
     backend: app
     state: save
+    state_file: /var/lib/haproxy/server-state
+
+- name: Put the app in maintenance (HAProxy answers 503 with the maintenance page)
+  onebox.platform.haproxy_backend:
+    backend: app
+    state: maintenance
     state_file: /var/lib/haproxy/server-state
 
 - name: Which colour is live?
@@ -211,7 +219,7 @@ def main():
         argument_spec=dict(
             socket=dict(type="str", default="/run/haproxy/admin.sock"),
             backend=dict(type="str", required=True),
-            state=dict(type="str", default="active", choices=["active", "query", "save"]),
+            state=dict(type="str", default="active", choices=["active", "query", "save", "maintenance"]),
             active=dict(type="list", elements="str"),
             inactive_state=dict(type="str", default="maint", choices=["maint", "drain"]),
             weights=dict(type="dict"),
@@ -245,13 +253,15 @@ def main():
         switch = Switch(
             client,
             p["backend"],
-            p["active"],
+            [] if p["state"] == "maintenance" else p["active"],
             inactive_state=p["inactive_state"],
             weights={k: int(v) for k, v in (p["weights"] or {}).items()},
             require_healthy=p["require_healthy"],
             health_timeout=p["health_timeout"],
             drain_timeout=p["drain_timeout"],
         )
+        if p["state"] == "maintenance":
+            switch.allow_empty = True
         switch.validate(current)
         plan = switch.plan(current)
         planned = plan["wake"] + plan["switch"] + plan["finish"]

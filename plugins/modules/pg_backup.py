@@ -37,31 +37,6 @@ options:
     description: Database to back up.
     type: str
     required: true
-  host:
-    description: Server host or socket directory. Default is libpq's (local socket).
-    type: str
-  port:
-    description: Server port.
-    type: int
-  user:
-    description: Role to connect as.
-    type: str
-  password:
-    description: Password of O(user). Passed in the environment only.
-    type: str
-  container:
-    description: Run pg_dump inside this Docker container (C(docker exec)).
-    type: str
-  container_user:
-    description: User to run the tools as inside O(container) (C(docker exec --user)).
-    type: str
-  docker_bin:
-    description: The docker command.
-    type: str
-    default: docker
-  bin_dir:
-    description: Directory of pg_dump/pg_restore/psql on this host (for example C(/usr/lib/postgresql/16/bin)).
-    type: path
   format:
     description:
       - V(custom) (one compressed file, selective restore), V(directory) (parallel dump with O(jobs))
@@ -119,6 +94,8 @@ options:
     description: Seconds to wait for another backup or restore in O(backup_dir) to finish.
     type: float
     default: 60
+extends_documentation_fragment:
+  - onebox.platform.postgres
 notes:
   - Check mode reports the name it would write and the backups it would prune.
   - Dump-based backups lose up to one interval of data; for less, use WAL archiving.
@@ -201,25 +178,19 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import (
+    CONNECTION_ARGS,
     Backup,
     BackupError,
-    PgRunner,
+    runner_from_params,
 )
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **CONNECTION_ARGS,
             backup_dir=dict(type="path", required=True),
             dbname=dict(type="str", required=True),
-            host=dict(type="str"),
-            port=dict(type="int"),
-            user=dict(type="str"),
-            password=dict(type="str", no_log=True),
-            container=dict(type="str"),
-            container_user=dict(type="str"),
-            docker_bin=dict(type="str", default="docker"),
-            bin_dir=dict(type="path"),
             format=dict(type="str", default="custom", choices=["custom", "directory", "plain"]),
             compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "lz4", "none"]),
             compression_level=dict(type="int"),
@@ -240,16 +211,7 @@ def main():
     for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "jobs"):
         if p[key] < 0:
             module.fail_json(msg=f"{key} must not be negative, got {p[key]}")
-    runner = PgRunner(
-        host=p["host"],
-        port=p["port"],
-        user=p["user"],
-        password=p["password"],
-        container=p["container"],
-        docker=p["docker_bin"],
-        bin_dir=p["bin_dir"],
-        container_user=p["container_user"],
-    )
+    runner = runner_from_params(p)
     backup = Backup(
         runner,
         p["backup_dir"],

@@ -64,35 +64,12 @@ options:
     description: Skip ownership and privileges (restore as the connecting role).
     type: bool
     default: false
-  host:
-    description: Server host or socket directory.
-    type: str
-  port:
-    description: Server port.
-    type: int
-  user:
-    description: Role to connect as.
-    type: str
-  password:
-    description: Password of O(user). Passed in the environment only.
-    type: str
-  container:
-    description: Run the tools inside this Docker container.
-    type: str
-  container_user:
-    description: User inside O(container).
-    type: str
-  docker_bin:
-    description: The docker command.
-    type: str
-    default: docker
-  bin_dir:
-    description: Directory of the PostgreSQL tools on this host.
-    type: path
   lock_timeout:
     description: Seconds to wait for a backup running in the same directory.
     type: float
     default: 60
+extends_documentation_fragment:
+  - onebox.platform.postgres
 notes:
   - Check mode verifies the checksum and the target and reports what would be restored.
 attributes:
@@ -162,16 +139,18 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import (
+    CONNECTION_ARGS,
     BackupError,
-    PgRunner,
     Restore,
     latest_backup,
+    runner_from_params,
 )
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(
+            **CONNECTION_ARGS,
             path=dict(type="path"),
             backup_dir=dict(type="path"),
             dbname=dict(type="str"),
@@ -183,14 +162,6 @@ def main():
             single_transaction=dict(type="bool", default=True),
             jobs=dict(type="int", default=1),
             no_owner=dict(type="bool", default=False),
-            host=dict(type="str"),
-            port=dict(type="int"),
-            user=dict(type="str"),
-            password=dict(type="str", no_log=True),
-            container=dict(type="str"),
-            container_user=dict(type="str"),
-            docker_bin=dict(type="str", default="docker"),
-            bin_dir=dict(type="path"),
             lock_timeout=dict(type="float", default=60.0),
         ),
         required_one_of=[("path", "backup_dir")],
@@ -202,16 +173,7 @@ def main():
     target = p["target_db"] or p["dbname"]
     if not target:
         module.fail_json(msg="set target_db (or dbname) to say which database to restore into")
-    runner = PgRunner(
-        host=p["host"],
-        port=p["port"],
-        user=p["user"],
-        password=p["password"],
-        container=p["container"],
-        docker=p["docker_bin"],
-        bin_dir=p["bin_dir"],
-        container_user=p["container_user"],
-    )
+    runner = runner_from_params(p)
     t0 = time.monotonic()
     try:
         path = p["path"] or latest_backup(p["backup_dir"], p["name_prefix"], p["dbname"])

@@ -251,6 +251,23 @@ def test_drain_timeout_leaves_server_draining_and_warns(haproxy):
     assert rc == 0 and res["changed"] and states(haproxy)["blue"] == "maint"
 
 
+def test_maintenance_takes_every_server_out_and_back(haproxy):
+    rc, res = run_module(
+        "haproxy_backend", dict(socket=haproxy.socket, backend="app", state="maintenance", drain_timeout=5)
+    )
+    assert rc == 0, res.get("msg")
+    assert res["changed"] and res["active"] == []
+    assert states(haproxy) == {"blue": "maint", "green": "maint"}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        haproxy.get("/")
+    assert err.value.code == 503
+    rc, res = run_module("haproxy_backend", dict(socket=haproxy.socket, backend="app", state="maintenance"))
+    assert rc == 0 and res["changed"] is False
+    rc, res = switch(haproxy, ["blue"])
+    assert rc == 0, res.get("msg")
+    assert haproxy.get()[1]["version"] == "v1"
+
+
 def test_weights_are_set_and_idempotent(haproxy):
     rc, res = switch(haproxy, ["blue"], weights={"blue": 50})
     assert rc == 0 and res["changed"] and res["servers"]["blue"]["after"]["weight"] == 50

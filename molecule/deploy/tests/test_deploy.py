@@ -1,0 +1,314 @@
+"""Zero downtime, proven (SPEC R41): every deploy, failed deploy and rollback
+runs under constant HTTP load through HAProxy, and every request is counted.
+
+The tests run in file order and build on each other, like a real history:
+v1, v2, a broken v3, a v4 that dies after the switch, two rollbacks, a
+locked deploy and a killed one. Load goes only to the target container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import testinfra
+
+TARGET = "onebox-deploy-target"
+SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
+HOST = "demo.test"
+RESULTS = os.path.join(PROJECT, "tests", "output", "deploy-load.json")
+
+
+@pytest.fixture(scope="module")
+def target():
+    return testinfra.get_host(f"docker://{TARGET}")
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    ip = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", TARGET],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()[0]
+    return f"http://{ip}"
+
+
+def play(name, *extra, background=False):
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+        ONEBOX_WHO="molecule",
+    )
+    cmd = ["ansible-playbook", "-i", inventory, f"{PROJECT}/playbooks/{name}", *extra]
+    if background:
+        return subprocess.Popen(
+            cmd, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=900, check=False)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    return proc.returncode, out, round(time.monotonic() - t0, 1)
+
+
+def get(base_url, path="/"):
+    req = urllib.request.Request(base_url + path, headers={"Host": HOST})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+class Load:
+    """Constant traffic through HAProxy from 4 threads, about 150 requests/s
+    in all; bounded to 15 minutes and 200,000 requests."""
+
+    def __init__(self, base_url, threads=4, pause=0.02):
+        self.base_url = base_url
+        self.threads = threads
+        self.pause = pause
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.versions = {}
+        self.errors = []
+        self.workers = []
+
+    def _work(self):
+        deadline = time.monotonic() + 900
+        while not self.stop_flag.is_set() and time.monotonic() < deadline and self.ok + self.failed < 200000:
+            try:
+                status, body = get(self.base_url)
+                good = status == 200
+                version = body.get("version")
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                good, version = False, None
+                with self.lock:
+                    self.errors.append(repr(exc)[:200])
+            with self.lock:
+                if good:
+                    self.ok += 1
+                    self.versions[version] = self.versions.get(version, 0) + 1
+                else:
+                    self.failed += 1
+            time.sleep(self.pause)
+
+    def __enter__(self):
+        for _i in range(self.threads):
+            t = threading.Thread(target=self._work, daemon=True)
+            t.start()
+            self.workers.append(t)
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self.stop_flag.set()
+        for t in self.workers:
+            t.join()
+
+    @property
+    def total(self):
+        return self.ok + self.failed
+
+
+def record(step, load, seconds, rc, extra=None):
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    data = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            data = json.load(fh)
+    data[step] = dict(
+        total=load.total, failed=load.failed, versions=load.versions, seconds=seconds, rc=rc, **(extra or {})
+    )
+    with open(RESULTS, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    print(f"{step}: {load.failed} failed of {load.total} requests, {seconds} s, versions {load.versions}")
+
+
+def only_version(base_url, n=30):
+    return {get(base_url)[1]["version"] for _i in range(n)}
+
+
+def releases(target):
+    return [json.loads(line) for line in target.check_output("cat /var/lib/onebox/demo/releases.jsonl").splitlines()]
+
+
+def test_first_deploy_v1(base_url):
+    rc, out, seconds = play("deploy.yml", "-e", "app_version=v1")
+    assert rc == 0, out[-3000:]
+    assert only_version(base_url) == {"v1"}
+    print(f"first deploy: {seconds} s")
+
+
+def test_deploy_v2_under_load_drops_nothing(base_url, target):
+    with Load(base_url) as load:
+        rc, out, seconds = play("deploy.yml", "-e", "app_version=v2")
+    record("deploy v1->v2", load, seconds, rc, {"switch_ms": releases(target)[-1]["switch_ms"]})
+    assert rc == 0, out[-3000:]
+    assert load.failed == 0, load.errors[:5]
+    assert load.total > 500
+    assert set(load.versions) == {"v1", "v2"}
+    assert only_version(base_url) == {"v2"}
+
+
+def test_broken_v3_never_gets_traffic(base_url):
+    with Load(base_url) as load:
+        rc, out, seconds = play("deploy.yml", "-e", "app_version=v3", "-e", "app_deploy_timeout=10")
+    record("deploy broken v3", load, seconds, rc)
+    assert rc != 0
+    assert "Deploy of demo v3 failed at 'Wait for" in out and "not healthy within 10 s" in out
+    assert load.failed == 0, load.errors[:5]
+    assert set(load.versions) == {"v2"}
+    assert only_version(base_url) == {"v2"}
+
+
+def test_v4_failing_after_the_switch_is_switched_back(base_url, target):
+    """v4 is healthy, takes traffic, then its health endpoint dies (15 s
+    after start): the verification window catches it and traffic goes back
+    to v2, which was left draining and so is ready at once."""
+    with Load(base_url) as load:
+        rc, out, seconds = play("deploy.yml", "-e", "app_version=v4", "-e", "app_verify_seconds=30")
+    record("deploy v4 failing verification", load, seconds, rc)
+    assert rc != 0
+    assert "failed after the switch" in out and "Traffic is back on" in out and "(v2)" in out
+    assert load.failed == 0, load.errors[:5]
+    assert load.versions.get("v4", 0) > 0, "v4 never took traffic: the switch-back path was not exercised"
+    assert only_version(base_url) == {"v2"}
+    assert "switch-back" in target.check_output("cat /var/lib/onebox/demo/audit.log")
+
+
+def test_rollback_redeploys_the_previous_release(base_url, target):
+    """Live v2; the standby colour runs the dead v4, so going back to v1
+    means starting v1 first."""
+    with Load(base_url) as load:
+        rc, out, seconds = play("rollback.yml")
+    record("rollback v2->v1 (redeploy)", load, seconds, rc, {"switch_ms": releases(target)[-1]["switch_ms"]})
+    assert rc == 0, out[-3000:]
+    assert "from v2 to v1: starting it on" in out
+    assert load.failed == 0, load.errors[:5]
+    assert only_version(base_url) == {"v1"}
+
+
+def test_rollback_to_the_standby_colour_is_one_switch(base_url, target):
+    with Load(base_url) as load:
+        rc, out, seconds = play("rollback.yml")
+    last = releases(target)[-1]
+    record("rollback v1->v2 (standby)", load, seconds, rc, {"switch_ms": last["switch_ms"]})
+    assert rc == 0, out[-3000:]
+    assert "standby colour" in out and "one switch" in out
+    assert load.failed == 0, load.errors[:5]
+    assert only_version(base_url) == {"v2"}
+    assert last["action"] == "rollback" and last["version"] == "v2"
+    assert float(last["switch_ms"]) < 1000
+
+
+def test_rollback_to_an_unknown_version_changes_nothing(base_url):
+    rc, out, _s = play("rollback.yml", "-e", "rollback_to=v99")
+    assert rc != 0 and "version v99 is not in the release history" in out
+    assert only_version(base_url) == {"v2"}
+
+
+def test_a_second_deploy_is_refused_while_one_holds_the_lock(base_url, target):
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections", ANSIBLE_NOCOLOR="1")
+    taken = subprocess.run(
+        [
+            "ansible",
+            "-i",
+            inventory,
+            TARGET,
+            "-b",
+            "-m",
+            "onebox.platform.deploy_lock",
+            "-a",
+            "path=/var/lib/onebox/demo/deploy.lock owner=alice version=v9 message=hotfix",
+        ],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert taken.returncode == 0, taken.stdout + taken.stderr
+    try:
+        rc, out, _s = play("deploy.yml", "-e", "app_version=v1")
+        assert rc != 0
+        assert "held by alice" in out and "deploying v9" in out and "(hotfix)" in out
+        assert only_version(base_url) == {"v2"}
+        # The refused run did not release alice's lock.
+        assert target.file("/var/lib/onebox/demo/deploy.lock/holder.json").exists
+    finally:
+        target.run("rm -rf /var/lib/onebox/demo/deploy.lock")
+
+
+def test_a_killed_deploy_then_rerun_converges(base_url, target):
+    with Load(base_url) as load:
+        proc = play("deploy.yml", "-e", "app_version=v1", background=True)
+        # Kill it midway: once it holds the lock and is into its steps
+        # (backup, image, new container), before it records anything.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and target.run("test -d /var/lib/onebox/demo/deploy.lock").rc != 0:
+            time.sleep(0.2)
+        time.sleep(4)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert target.run("test -d /var/lib/onebox/demo/deploy.lock").rc == 0, "the killed run left no lock"
+        rc, out, _s = play("deploy.yml", "-e", "app_version=v1")
+        # Refused without the explicit variable, naming the dead holder.
+        assert rc != 0 and "held by molecule" in out and "deploy_break_lock=true" in out
+        rc, out, seconds = play("deploy.yml", "-e", "app_version=v1", "-e", "deploy_break_lock=true")
+    record("killed deploy, re-run with deploy_break_lock", load, seconds, rc)
+    assert rc == 0, out[-3000:]
+    assert "broke a stale deploy lock held by molecule" in out
+    assert load.failed == 0, load.errors[:5]
+    assert only_version(base_url) == {"v1"}
+    assert target.run("test -d /var/lib/onebox/demo/deploy.lock").rc != 0
+
+
+def test_pre_deploy_backups_are_verified_and_recorded(target):
+    listing = target.check_output("ls /var/backups/onebox/demo")
+    dumps = [n for n in listing.split() if n.startswith("predeploy-demo-") and n.endswith(".dump")]
+    assert dumps, listing
+    check = target.run(f"cd /var/backups/onebox/demo && sha256sum -c {dumps[-1]}.sha256")
+    assert check.rc == 0, check.stdout + check.stderr
+    recorded = [r["backup"] for r in releases(target) if r["action"] == "deploy"]
+    assert all(b.startswith("/var/backups/onebox/demo/predeploy-demo-") for b in recorded)
+
+
+def test_history_and_audit_trail(target):
+    actions = [(r["action"], r["version"]) for r in releases(target)]
+    assert actions == [
+        ("deploy", "v1"),
+        ("deploy", "v2"),
+        ("rollback", "v1"),
+        ("rollback", "v2"),
+        ("deploy", "v1"),
+    ]
+    audit = target.check_output("cat /var/lib/onebox/demo/audit.log")
+    for word in ("deploy-start", "deploy-ok", "deploy-failed", "switch-back", "rollback-ok", "by=molecule"):
+        assert word in audit
+
+
+def test_maintenance_mode_serves_the_page_and_comes_back(base_url):
+    rc, out, _s = play("maintenance.yml", "-e", "maintenance=on")
+    assert rc == 0, out[-3000:]
+    req = urllib.request.Request(base_url + "/", headers={"Host": HOST})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=5)
+    assert err.value.code == 503
+    assert b"Back soon" in err.value.read()
+    rc, out, _s = play("maintenance.yml", "-e", "maintenance=off")
+    assert rc == 0, out[-3000:]
+    assert only_version(base_url) == {"v1"}
