@@ -144,19 +144,19 @@ backend:
   sample: app
 previous_active:
   description: Servers that were live (admin state ready) before.
-  returned: always
+  returned: unless state=save
   type: list
   elements: str
   sample: [blue]
 active:
   description: Servers live after the call.
-  returned: always
+  returned: unless state=save
   type: list
   elements: str
   sample: [green]
 servers:
   description: Every server before and after, by name.
-  returned: always
+  returned: unless state=save
   type: dict
   sample:
     blue:
@@ -182,13 +182,13 @@ drain_timed_out:
   type: bool
 commands:
   description: Runtime API commands sent (or, in check mode, that would be sent).
-  returned: always
+  returned: unless state=save
   type: list
   elements: str
   sample: ["set server app/green state drain", "set server app/green state ready", "set server app/blue state drain"]
 elapsed_ms:
   description: Time the whole call took, in milliseconds.
-  returned: always
+  returned: unless state=save
   type: float
 """
 
@@ -237,11 +237,15 @@ def main():
     client = RuntimeClient(p["socket"], timeout=p["timeout"])
     result = dict(changed=False, backend=p["backend"])
     try:
+        if p["state"] == "save":
+            # Saves every backend's state; the named one need not exist yet
+            # (the first reload after installing HAProxy).
+            if not module.check_mode:
+                client.save_state(p["state_file"])
+            module.exit_json(changed=False, backend=p["backend"], state_file=p["state_file"])
         current = describe_servers(client, p["backend"])
         result["previous_active"] = live_servers(current)
-        if p["state"] == "save" and not module.check_mode:
-            client.save_state(p["state_file"])
-        if p["state"] in ("query", "save"):
+        if p["state"] == "query":
             result.update(
                 active=live_servers(current),
                 servers={n: {"before": public(s), "after": public(s)} for n, s in current.items()},

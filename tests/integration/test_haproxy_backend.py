@@ -196,6 +196,17 @@ def test_save_before_reload_keeps_a_change_made_without_state_file(haproxy):
     assert states(haproxy) == {"blue": "maint", "green": "ready"}
 
 
+def test_save_needs_no_particular_backend(haproxy):
+    """The first reload after installing HAProxy runs before the app's backend exists."""
+    rc, res = run_module(
+        "haproxy_backend", dict(socket=haproxy.socket, backend="not_yet", state="save", state_file=haproxy.state_file)
+    )
+    assert rc == 0, res.get("msg")
+    with open(haproxy.state_file) as fh:
+        rows = [line.split() for line in fh if line[:1].isdigit() and len(line.split()) > 4]
+    assert {(r[1], r[3]) for r in rows} == {("app", "blue"), ("app", "green")}
+
+
 def test_without_state_file_a_reload_loses_the_switch(haproxy):
     """Why state_file matters: the config's initial state comes back."""
     rc = switch(haproxy, ["green"])[0]
