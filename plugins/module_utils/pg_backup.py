@@ -584,6 +584,7 @@ class Backup:
             "name": name,
             "format": self.fmt,
             "size": size,
+            "bytes": size,
             "sha256": digest,
             "duration": round(time.monotonic() - t0, 3),
             "dump_duration": dump_seconds,

@@ -136,7 +136,7 @@ EXAMPLES = r"""
 
 - name: Where it went
   ansible.builtin.debug:
-    msg: "{{ backup.path }} ({{ backup.size }} bytes, sha256 {{ backup.sha256 }})"
+    msg: "{{ backup.path }} ({{ backup.bytes }} bytes, sha256 {{ backup.sha256 }})"
 """
 
 RETURN = r"""
@@ -145,8 +145,14 @@ path:
   returned: success
   type: str
   sample: /var/backups/postgres/app-20261123T101500Z.dump
+bytes:
+  description: Size of the backup in bytes (all its files, for a directory backup).
+  returned: success, not in check mode
+  type: int
 size:
-  description: Size in bytes (sum of files for a directory backup).
+  description:
+    - Size of RV(path) as Ansible reports it for any returned path. For a directory backup that is
+      the directory entry, not its contents; use RV(bytes).
   returned: success, not in check mode
   type: int
 sha256:

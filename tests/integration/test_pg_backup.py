@@ -55,7 +55,10 @@ def test_backup_and_restore_round_trip(cluster, appdb, tmp_path, fmt, compressio
     assert os.path.basename(path).startswith(f"{appdb}-") and path.endswith(f".{ext}")
     assert stat.S_IMODE(os.stat(path).st_mode) == (0o700 if fmt == "directory" else 0o600)
     assert stat.S_IMODE(os.stat(path + ".sha256").st_mode) == 0o600
-    assert res["size"] > 0 and len(res["sha256"]) == 64
+    assert res["bytes"] > 0 and len(res["sha256"]) == 64
+    if fmt == "directory":
+        total = sum(os.path.getsize(os.path.join(r, f)) for r, _d, fs in os.walk(path) for f in fs)
+        assert res["bytes"] == total  # not the directory entry's size
     # The checksum file is what sha256sum expects.
     check = subprocess.run(
         ["sha256sum", "-c", os.path.basename(path) + ".sha256"],
