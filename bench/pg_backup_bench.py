@@ -67,7 +67,7 @@ def main():
                 check=True,
             )
 
-        _, base_t = timed(baseline)
+        base_t = timed(baseline)[1]
         cluster.psql("CREATE DATABASE restore_base")
 
         def base_restore():
@@ -78,7 +78,7 @@ def main():
                 stdout=subprocess.DEVNULL,
             )
 
-        _, base_rt = timed(base_restore)
+        base_rt = timed(base_restore)[1]
         rows.append(("pg_dump \\| gzip (baseline)", base_t, du(base_file), base_rt))
 
         for label, kw in (

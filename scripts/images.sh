@@ -41,6 +41,8 @@ RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq 
  && rm -rf /var/lib/apt/lists/*
 ENV PATH=/usr/lib/postgresql/15/bin:\$PATH PGDATA=/var/lib/postgresql/data
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh
+# A named volume mounted here copies this directory's owner: postgres.
+RUN install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
 USER postgres
 HEALTHCHECK --interval=2s --timeout=3s --retries=15 CMD pg_isready -q -h 127.0.0.1 || exit 1
 CMD ["/usr/local/bin/entrypoint.sh"]

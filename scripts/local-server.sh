@@ -18,7 +18,7 @@ up() {
   docker network inspect "$NET" >/dev/null 2>&1 || docker network create "$NET" >/dev/null
   if ! docker container inspect "$NAME" >/dev/null 2>&1; then
     docker run -d --name "$NAME" --hostname "$NAME" --network "$NET" \
-      --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW \
+      --cap-add SYS_ADMIN --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_PTRACE \
       --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
       --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
       --tmpfs /run --tmpfs /run/lock \

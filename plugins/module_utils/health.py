@@ -237,9 +237,10 @@ def wait_container(
         state = container_state(name, docker, run)
         attempts += 1
         health = state.get("Health")
-        if not state.get("Running"):
+        if not state.get("Running") or state.get("Restarting"):
             raise HealthError(
-                f"container '{name}' is {state.get('Status')} (exit code {state.get('ExitCode')}"
+                f"container '{name}' is {'crash-looping' if state.get('Restarting') else state.get('Status')} "
+                f"(exit code {state.get('ExitCode')}"
                 f"{', OOM-killed' if state.get('OOMKilled') else ''}). Last log lines:\n"
                 f"{container_logs(name, docker, run=run)}",
                 {"attempts": attempts, "elapsed": round(clock() - start, 3), "state": state},

@@ -36,7 +36,7 @@ options:
     description: The version being deployed.
     type: str
     default: ""
-  message:
+  reason:
     description: Why (shown to whoever finds the lock taken).
     type: str
     default: ""
@@ -72,7 +72,7 @@ EXAMPLES = r"""
     path: /var/lib/onebox/shop/deploy.lock
     owner: "{{ lookup('ansible.builtin.env', 'USER') }}"
     version: "{{ app_version }}"
-    message: "deploy from CI run 42"
+    reason: "deploy from CI run 42"
     wait: 300
   register: lock
 
@@ -117,7 +117,7 @@ def main():
             state=dict(type="str", default="present", choices=["present", "absent"]),
             owner=dict(type="str", default="unknown"),
             version=dict(type="str", default=""),
-            message=dict(type="str", default=""),
+            reason=dict(type="str", default=""),
             wait=dict(type="float", default=0.0),
             break_stale=dict(type="bool", default=False),
             stale_after=dict(type="float", default=3600.0),
@@ -142,7 +142,7 @@ def main():
             p["path"],
             p["owner"],
             version=p["version"],
-            message=p["message"],
+            message=p["reason"],
             wait=p["wait"],
             break_stale=p["break_stale"],
             stale_after=p["stale_after"],

@@ -43,7 +43,7 @@ options:
       - V(active) makes O(active) the live servers.
       - V(query) only reports.
       - V(save) writes the current state to O(state_file) (run it before reloading HAProxy).
-      - V(maintenance) takes every server out on purpose (drain, wait for sessions, maintenance):
+      - V(maintenance) takes every server out on purpose (drain, wait for sessions, maintenance), and
         HAProxy then answers 503 with the backend's error page. V(active) brings servers back.
     type: str
     choices: [active, query, save, maintenance]

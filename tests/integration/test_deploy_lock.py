@@ -15,7 +15,7 @@ def lock(path, **kw):
 
 def test_take_and_release(tmp_path):
     path = tmp_path / "deploy.lock"
-    rc, res = lock(path, owner="alice", version="v2", message="CI run 7")
+    rc, res = lock(path, owner="alice", version="v2", reason="CI run 7")
     assert rc == 0 and res["changed"]
     holder = json.loads((path / "holder.json").read_text())
     assert holder["owner"] == "alice" and holder["version"] == "v2" and holder["token"] == res["holder"]["token"]
@@ -27,7 +27,7 @@ def test_take_and_release(tmp_path):
 
 def test_second_taker_is_refused_with_the_holder_named(tmp_path):
     path = tmp_path / "deploy.lock"
-    assert lock(path, owner="alice", version="v2", message="hotfix")[0] == 0
+    assert lock(path, owner="alice", version="v2", reason="hotfix")[0] == 0
     rc, res = lock(path, owner="bob", wait=1)
     assert rc == 1
     assert "held by alice" in res["msg"] and "deploying v2" in res["msg"] and "(hotfix)" in res["msg"]

@@ -220,6 +220,30 @@ def test_exited_container_fails_at_once_with_logs(container_name):
     assert "exit code 3" in res["msg"] and "missing DATABASE_URL" in res["msg"]
 
 
+def test_crash_looping_container_fails_at_once(container_name):
+    r = docker(
+        "run",
+        "-d",
+        "--name",
+        container_name,
+        "--restart",
+        "always",
+        "--health-cmd",
+        "true",
+        BASE,
+        "sh",
+        "-c",
+        "echo cannot open data directory >&2; exit 1",
+    )
+    assert r.returncode == 0, r.stderr
+    time.sleep(2)
+    t0 = time.monotonic()
+    rc, res = run_module("health_wait", dict(container=container_name, deadline=60))
+    assert rc == 1
+    assert time.monotonic() - t0 < 20
+    assert "exit code 1" in res["msg"] and "cannot open data directory" in res["msg"]
+
+
 def test_container_without_healthcheck(container_name):
     r = docker("run", "-d", "--name", container_name, BASE, "sleep", "60")
     assert r.returncode == 0, r.stderr

@@ -168,7 +168,9 @@ def test_broken_v3_never_gets_traffic(base_url):
         rc, out, seconds = play("deploy.yml", "-e", "app_version=v3", "-e", "app_deploy_timeout=10")
     record("deploy broken v3", load, seconds, rc)
     assert rc != 0
-    assert "Deploy of demo v3 failed at 'Wait for" in out and "not healthy within 10 s" in out
+    assert (
+        "Deploy of demo v3 failed at 'Wait until the new version answers on" in out and "not healthy within 10 s" in out
+    )
     assert load.failed == 0, load.errors[:5]
     assert set(load.versions) == {"v2"}
     assert only_version(base_url) == {"v2"}
@@ -233,7 +235,7 @@ def test_a_second_deploy_is_refused_while_one_holds_the_lock(base_url, target):
             "-m",
             "onebox.platform.deploy_lock",
             "-a",
-            "path=/var/lib/onebox/demo/deploy.lock owner=alice version=v9 message=hotfix",
+            "path=/var/lib/onebox/demo/deploy.lock owner=alice version=v9 reason=hotfix",
         ],
         env=env,
         cwd=PROJECT,

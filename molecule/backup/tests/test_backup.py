@@ -1,0 +1,152 @@
+"""Scheduled backups on a real server (SPEC R27, R34). Tests run in file order."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import testinfra
+
+TARGET = "onebox-backup-target"
+SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
+DIR = "/var/backups/onebox/shop"
+PROM = "/var/lib/prometheus/node-exporter/onebox_backup_shop.prom"
+
+
+@pytest.fixture(scope="module")
+def target():
+    return testinfra.get_host(f"docker://{TARGET}")
+
+
+def play(name, *extra):
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    env = dict(
+        os.environ,
+        ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+    )
+    proc = subprocess.run(
+        ["ansible-playbook", "-i", inventory, f"{PROJECT}/playbooks/{name}", *extra],
+        env=env,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+def psql(target, sql, db="shop"):
+    return target.check_output(f'docker exec -i shop-postgres psql -X -A -t -v ON_ERROR_STOP=1 -d {db} -c "{sql}"')
+
+
+def metrics(target):
+    text = target.file(PROM).content_string
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{job="shop"\} (\S+)$', text, re.M)}
+
+
+def dumps(target):
+    return sorted(n for n in target.check_output(f"ls {DIR}").split() if n.endswith(".dump"))
+
+
+def test_timers_are_scheduled(target):
+    assert target.service("onebox-backup@shop.timer").is_running
+    assert target.service("onebox-backup@shop.timer").is_enabled
+    assert target.service("onebox-restore-drill@shop.timer").is_enabled
+    assert "onebox-backup@shop.timer" in target.check_output("systemctl list-timers --all")
+
+
+def test_the_timer_fires_by_itself(target):
+    """The schedule in this scenario is every 20 s: no manual start."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not dumps(target):
+        time.sleep(2)
+    assert dumps(target), "the timer never produced a backup"
+    journal = target.check_output("journalctl -u onebox-backup@shop.service --no-pager")
+    assert "backup of shop:" in journal
+    check = target.run(f"cd {DIR} && sha256sum -c {dumps(target)[-1]}.sha256")
+    assert check.rc == 0, check.stdout + check.stderr
+
+
+def test_metrics_for_node_exporter(target):
+    m = metrics(target)
+    assert m["onebox_backup_last_run_success"] == 1
+    assert m["onebox_backup_failures_total"] == 0
+    assert m["onebox_backup_last_size_bytes"] > 0
+    now = float(target.check_output("date +%s"))
+    assert now - m["onebox_backup_last_success_timestamp_seconds"] < 300
+
+
+def test_retention_prunes_as_specified(target):
+    """keep_last 2, keep_daily 3: with one backup a day for the 5 days before
+    today, a new backup keeps itself, yesterday's and the day before's."""
+    target.check_output("systemctl stop onebox-backup@shop.timer")
+    try:
+        target.check_output(f"find {DIR} -maxdepth 1 -name 'shop-*' -delete")
+        target.check_output(f"touch {DIR}/notes.txt")
+        fakes = []
+        for days in range(1, 6):
+            name = target.check_output(f"date -u -d '-{days} day' +shop-%Y%m%dT120000Z.dump").strip()
+            target.check_output(f"cd {DIR} && echo old > {name} && sha256sum {name} > {name}.sha256")
+            fakes.append(name)
+        target.check_output("systemctl start onebox-backup@shop.service")
+        left = dumps(target)
+        assert len(left) == 3, left
+        assert fakes[0] in left and fakes[1] in left
+        for pruned in fakes[2:]:
+            assert pruned not in left
+            assert target.run(f"test -e {DIR}/{pruned}.sha256").rc != 0
+        assert target.file(f"{DIR}/notes.txt").exists
+    finally:
+        target.check_output("systemctl start onebox-backup@shop.timer")
+
+
+def test_restore_drill_passes(target):
+    target.check_output("systemctl start onebox-restore-drill@shop.service")
+    assert metrics(target)["onebox_backup_restore_drill_success"] == 1
+    assert "restore drill of" in target.check_output("journalctl -u onebox-restore-drill@shop.service --no-pager")
+    assert psql(target, "SELECT count(*) FROM pg_database WHERE datname = 'shop_restore_drill'", "postgres") == "0"
+
+
+def test_restore_round_trips_row_counts(target):
+    target.check_output("systemctl stop onebox-backup@shop.timer")
+    psql(
+        target,
+        "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, total numeric); TRUNCATE orders;"
+        "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 1234) g",
+    )
+    rc, out = play("backup.yml")
+    assert rc == 0, out[-2000:]
+    psql(target, "DELETE FROM orders WHERE id > 34")
+    # Default: the newest backup into a scratch database.
+    rc, out = play("restore.yml")
+    assert rc == 0, out[-2000:]
+    assert psql(target, "SELECT count(*) FROM orders", "shop_restore") == "1234"
+    assert psql(target, "SELECT count(*) FROM orders") == "34"
+    # Into the live database: refused without the confirmation...
+    rc, out = play("restore.yml", "-e", "restore_into_live=true")
+    assert rc != 0 and "database shop is live" in out and "confirm_overwrite" in out
+    assert psql(target, "SELECT count(*) FROM orders") == "34"
+    # ...done with it.
+    rc, out = play("restore.yml", "-e", "restore_into_live=true", "-e", "restore_confirm=true")
+    assert rc == 0, out[-2000:]
+    assert psql(target, "SELECT count(*) FROM orders") == "1234"
+
+
+def test_a_corrupted_backup_is_caught_and_never_restored(target):
+    newest = dumps(target)[-1]
+    target.check_output(f"printf 'XXXX' | dd of={DIR}/{newest} bs=1 seek=100 conv=notrunc status=none")
+    psql(target, "DELETE FROM orders WHERE id > 10")
+    rc, out = play("restore.yml", "-e", "restore_into_live=true", "-e", "restore_confirm=true")
+    assert rc != 0 and "checksum mismatch" in out and "not restored" in out
+    assert psql(target, "SELECT count(*) FROM orders") == "10"
+    drill = target.run("systemctl start onebox-restore-drill@shop.service")
+    assert drill.rc != 0
+    assert metrics(target)["onebox_backup_restore_drill_success"] == 0
+    target.check_output("systemctl start onebox-backup@shop.timer")

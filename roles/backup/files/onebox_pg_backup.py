@@ -1,0 +1,187 @@
+# Copyright: onebox.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""onebox-pg-backup: the pg_backup engine, run by systemd timers.
+
+Installed as /usr/local/lib/onebox/onebox_pg_backup.py with a
+/usr/local/bin/onebox-pg-backup wrapper.
+
+    onebox-pg-backup backup --config /etc/onebox/backup/JOB.json
+    onebox-pg-backup drill  --config /etc/onebox/backup/JOB.json
+
+`backup` takes a verified backup and applies retention (the same code as
+the onebox.platform.pg_backup module, installed beside this program).
+`drill` restores the newest backup into a scratch database, runs a check
+query and drops it. Both write Prometheus textfile metrics for
+node_exporter and keep counters in a state file. Exit 0 on success, 1 on a
+failed backup or drill, 2 on a bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+LIB = os.environ.get("ONEBOX_LIB", "/usr/local/lib/onebox")
+sys.path.insert(0, LIB)
+
+import pg_backup as engine  # noqa: E402  (installed beside this program)
+
+RETENTION_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
+
+
+def load_config(path):
+    try:
+        with open(path) as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"onebox-pg-backup: cannot read config {path}: {exc}") from None
+    for key in ("job", "dbname", "backup_dir"):
+        if not cfg.get(key):
+            print(f"onebox-pg-backup: config {path} lacks '{key}'", file=sys.stderr)
+            sys.exit(2)
+    return cfg
+
+
+def runner(cfg):
+    return engine.PgRunner(
+        host=cfg.get("host"),
+        port=cfg.get("port"),
+        user=cfg.get("user"),
+        password=cfg.get("password"),
+        container=cfg.get("container"),
+        docker=cfg.get("docker_bin", "docker"),
+        bin_dir=cfg.get("bin_dir"),
+        container_user=cfg.get("container_user"),
+    )
+
+
+def load_state(cfg):
+    path = os.path.join(cfg.get("state_dir", "/var/lib/onebox/backup"), f"{cfg['job']}.json")
+    try:
+        with open(path) as fh:
+            return path, json.load(fh)
+    except (OSError, ValueError):
+        return path, {}
+
+
+def save_state(path, state):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    engine.write_atomic(path, json.dumps(state, indent=1, sort_keys=True).encode(), mode=0o640)
+
+
+METRICS = (
+    ("onebox_backup_last_success_timestamp_seconds", "gauge", "Unix time of the last good backup.", "last_success"),
+    ("onebox_backup_last_size_bytes", "gauge", "Size of the last good backup.", "last_size"),
+    ("onebox_backup_last_duration_seconds", "gauge", "Duration of the last good backup run.", "last_duration"),
+    ("onebox_backup_last_run_success", "gauge", "1 if the last backup run succeeded, else 0.", "last_run_ok"),
+    ("onebox_backup_failures_total", "counter", "Failed backup runs.", "failures"),
+    ("onebox_backup_kept", "gauge", "Backups kept after retention.", "kept"),
+    ("onebox_backup_restore_drill_success", "gauge", "1 if the last restore drill passed, else 0.", "drill_ok"),
+    ("onebox_backup_restore_drill_timestamp_seconds", "gauge", "Unix time of the last restore drill.", "drill_time"),
+)
+
+
+def write_metrics(cfg, state):
+    directory = cfg.get("metrics_dir")
+    if not directory:
+        return
+    os.makedirs(directory, exist_ok=True)
+    job = cfg["job"].replace("\\", "\\\\").replace('"', '\\"')
+    lines = []
+    for name, kind, helptext, key in METRICS:
+        if key not in state:
+            continue
+        lines += [f"# HELP {name} {helptext}", f"# TYPE {name} {kind}", f'{name}{{job="{job}"}} {state[key]}']
+    engine.write_atomic(
+        os.path.join(directory, f"onebox_backup_{cfg['job']}.prom"), ("\n".join(lines) + "\n").encode(), mode=0o644
+    )
+
+
+def do_backup(cfg):
+    state_path, state = load_state(cfg)
+    job = engine.Backup(
+        runner(cfg),
+        cfg["backup_dir"],
+        cfg["dbname"],
+        fmt=cfg.get("format", "custom"),
+        compression=cfg.get("compression", "gzip"),
+        compression_level=cfg.get("compression_level"),
+        jobs=cfg.get("jobs", 1),
+        prefix=cfg.get("name_prefix", ""),
+        globals_too=cfg.get("globals", False),
+        extra_args=cfg.get("extra_args", []),
+        lock_timeout=cfg.get("lock_timeout", 600),
+        retention={k: int(cfg.get(k, 0)) for k in RETENTION_KEYS},
+    )
+    try:
+        out = job.run()
+    except (engine.BackupError, OSError) as exc:
+        state["failures"] = int(state.get("failures", 0)) + 1
+        state["last_run_ok"] = 0
+        save_state(state_path, state)
+        write_metrics(cfg, state)
+        print(f"backup of {cfg['dbname']} FAILED: {exc}", file=sys.stderr)
+        return 1
+    state.update(
+        last_success=int(time.time()),
+        last_size=out["bytes"],
+        last_duration=out["duration"],
+        last_run_ok=1,
+        kept=len(out["kept"]),
+        last_path=out["path"],
+    )
+    state.setdefault("failures", 0)
+    save_state(state_path, state)
+    write_metrics(cfg, state)
+    print(
+        f"backup of {cfg['dbname']}: {out['path']} ({out['bytes']} bytes, {out['duration']} s, "
+        f"sha256 {out['sha256'][:16]}...), kept {len(out['kept'])}, pruned {out['pruned'] or 'none'}"
+    )
+    return 0
+
+
+def do_drill(cfg):
+    """Restore the newest backup into a scratch database and check it."""
+    state_path, state = load_state(cfg)
+    scratch = cfg.get("drill_db", f"{cfg['dbname']}_restore_drill")
+    run = runner(cfg)
+    ok = 0
+    try:
+        path = engine.latest_backup(cfg["backup_dir"], cfg.get("name_prefix", ""), cfg["dbname"])
+        run.psql_value(f"DROP DATABASE IF EXISTS {engine.quote_ident(scratch)}")
+        out = engine.Restore(run, path, scratch, create=True, lock_dir=cfg["backup_dir"]).run()
+        # Default: the restored copy answers. Set drill_query to check your data
+        # (e.g. "SELECT count(*) > 0 FROM orders"); 0, f or nothing fails the drill.
+        check = cfg.get("drill_query") or "SELECT 1"
+        value = run.psql_value(check, scratch)
+        if not value or value in ("0", "f", "false"):
+            raise engine.BackupError(f"check query returned {value!r}")
+        ok = 1
+        print(f"restore drill of {path}: restored {out['tables']} tables in {out['duration']} s; check query: {value}")
+    except (engine.BackupError, OSError) as exc:
+        print(f"restore drill FAILED: {exc}", file=sys.stderr)
+    finally:
+        try:
+            run.psql_value(f"DROP DATABASE IF EXISTS {engine.quote_ident(scratch)}")
+        except engine.BackupError as exc:
+            print(f"could not drop {scratch}: {exc}", file=sys.stderr)
+    state.update(drill_ok=ok, drill_time=int(time.time()))
+    save_state(state_path, state)
+    write_metrics(cfg, state)
+    return 0 if ok else 1
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="onebox-pg-backup", description=__doc__.split("\n\n", maxsplit=1)[0])
+    ap.add_argument("action", choices=["backup", "drill"])
+    ap.add_argument("--config", required=True)
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    return do_backup(cfg) if args.action == "backup" else do_drill(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""roles/backup/files/onebox-pg-backup: the timer's program, on a real cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from conftest import ROOT
+
+PROGRAM = os.path.join(ROOT, "roles", "backup", "files", "onebox_pg_backup.py")
+LIB = os.path.join(ROOT, "plugins", "module_utils")
+
+
+def run(action, cfg_path):
+    proc = subprocess.run(
+        [sys.executable, PROGRAM, action, "--config", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ONEBOX_LIB=LIB),
+        check=False,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def metrics(directory):
+    text = (directory / "onebox_backup_nightly.prom").read_text()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{job="nightly"\} (\S+)$', text, re.M)}
+
+
+def config(tmp_path, cluster, appdb, **extra):
+    cfg = dict(
+        job="nightly",
+        dbname=appdb,
+        backup_dir=str(tmp_path / "b"),
+        metrics_dir=str(tmp_path / "m"),
+        state_dir=str(tmp_path / "s"),
+        keep_last=2,
+        **cluster.conn_args(),
+        **extra,
+    )
+    (tmp_path / "b").mkdir(exist_ok=True)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_backups_retention_and_metrics(tmp_path, cluster, appdb):
+    cfg = config(tmp_path, cluster, appdb)
+    for _i in range(3):
+        rc, out = run("backup", cfg)
+        assert rc == 0, out
+        time.sleep(1.1)
+    dumps = sorted(p for p in os.listdir(tmp_path / "b") if p.endswith(".dump"))
+    assert len(dumps) == 2
+    m = metrics(tmp_path / "m")
+    assert abs(m["onebox_backup_last_success_timestamp_seconds"] - time.time()) < 60
+    assert m["onebox_backup_last_run_success"] == 1 and m["onebox_backup_failures_total"] == 0
+    assert m["onebox_backup_kept"] == 2 and m["onebox_backup_last_size_bytes"] > 0
+
+
+def test_failure_counts_and_keeps_the_last_success(tmp_path, cluster, appdb):
+    cfg = config(tmp_path, cluster, appdb)
+    assert run("backup", cfg)[0] == 0
+    good = metrics(tmp_path / "m")["onebox_backup_last_success_timestamp_seconds"]
+    bad = json.loads(cfg.read_text())
+    bad["password"] = "wrong"
+    cfg.write_text(json.dumps(bad))
+    rc, out = run("backup", cfg)
+    assert rc == 1 and "password authentication failed" in out
+    m = metrics(tmp_path / "m")
+    assert m["onebox_backup_failures_total"] == 1 and m["onebox_backup_last_run_success"] == 0
+    assert m["onebox_backup_last_success_timestamp_seconds"] == good
+
+
+def test_restore_drill_passes_then_catches_a_corrupted_backup(tmp_path, cluster, appdb):
+    cfg = config(tmp_path, cluster, appdb)
+    assert run("backup", cfg)[0] == 0
+    rc, out = run("drill", cfg)
+    assert rc == 0, out
+    assert "restored 2 tables" in out
+    assert metrics(tmp_path / "m")["onebox_backup_restore_drill_success"] == 1
+    assert cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{appdb}_restore_drill'") == "0"
+    newest = sorted(p for p in os.listdir(tmp_path / "b") if p.endswith(".dump"))[-1]
+    with open(tmp_path / "b" / newest, "r+b") as fh:
+        fh.seek(50)
+        fh.write(b"\0\0\0\0")
+    rc, out = run("drill", cfg)
+    assert rc == 1 and "checksum mismatch" in out
+    assert metrics(tmp_path / "m")["onebox_backup_restore_drill_success"] == 0
+    assert cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{appdb}_restore_drill'") == "0"
+
+
+def test_drill_query_that_finds_nothing_fails_the_drill(tmp_path, cluster, appdb):
+    cfg = config(tmp_path, cluster, appdb, drill_query="SELECT count(*) FROM items WHERE id < 0")
+    assert run("backup", cfg)[0] == 0
+    rc, out = run("drill", cfg)
+    assert rc == 1 and "check query returned '0'" in out
+    assert metrics(tmp_path / "m")["onebox_backup_restore_drill_success"] == 0
+
+
+def test_bad_config(tmp_path):
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps({"job": "x"}))
+    rc, out = run("backup", path)
+    assert rc == 2 and "lacks 'dbname'" in out
