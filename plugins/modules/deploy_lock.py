@@ -85,7 +85,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 holder:
-  description: Who holds the lock now (after taking it), or who held it (after releasing).
+  description:
+    - Who holds the lock now (after taking it), or who held it (after releasing, or when refused).
+    - The token is returned only to the run that took the lock.
   returned: always
   type: dict
   sample: {owner: alice, version: v42, message: hotfix, host: web1, since: "2026-11-23T10:15:00+00:00", token: 3f2a}
@@ -110,6 +112,12 @@ from ansible_collections.onebox.platform.plugins.module_utils.deploy_lock import
 )
 
 
+def public(holder):
+    """Another holder's details, without its token: only the run that took
+    the lock may release it by token."""
+    return {k: v for k, v in (holder or {}).items() if k != "token"}
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -130,13 +138,13 @@ def main():
         if p["state"] == "absent":
             holder = read_holder(p["path"])
             if module.check_mode:
-                module.exit_json(changed=holder is not None, holder=holder or {})
+                module.exit_json(changed=holder is not None, holder=public(holder))
             released, holder = release(p["path"], p["token"])
-            module.exit_json(changed=released, holder=holder or {})
+            module.exit_json(changed=released, holder=public(holder))
         if module.check_mode:
             holder = read_holder(p["path"]) if os.path.isdir(p["path"]) else None
             if holder:
-                module.fail_json(msg=f"deploy lock {p['path']} is held by {holder.get('owner')}", holder=holder)
+                module.fail_json(msg=f"deploy lock {p['path']} is held by {holder.get('owner')}", holder=public(holder))
             module.exit_json(changed=True, holder={}, waited=0.0, broke_stale={})
         holder, waited, broke = acquire(
             p["path"],
@@ -151,7 +159,7 @@ def main():
             module.warn(f"broke a stale deploy lock held by {broke.get('owner')} since {broke.get('since')}")
         module.exit_json(changed=True, holder=holder, waited=waited, broke_stale=broke or {})
     except LockError as exc:
-        module.fail_json(msg=str(exc), holder=read_holder(p["path"]) or {})
+        module.fail_json(msg=str(exc), holder=public(read_holder(p["path"])))
     except OSError as exc:
         module.fail_json(msg=f"cannot use deploy lock {p['path']}: {exc}")
 

@@ -32,6 +32,8 @@ def test_second_taker_is_refused_with_the_holder_named(tmp_path):
     assert rc == 1
     assert "held by alice" in res["msg"] and "deploying v2" in res["msg"] and "(hotfix)" in res["msg"]
     assert "waited 1 s" in res["msg"]
+    # The refused run learns who holds it, never the holder's token.
+    assert res["holder"]["owner"] == "alice" and "token" not in res["holder"]
 
 
 def test_waits_for_release(tmp_path):
