@@ -46,16 +46,10 @@ def load_config(path):
 
 
 def runner(cfg):
-    return engine.PgRunner(
-        host=cfg.get("host"),
-        port=cfg.get("port"),
-        user=cfg.get("user"),
-        password=cfg.get("password"),
-        container=cfg.get("container"),
-        docker=cfg.get("docker_bin", "docker"),
-        bin_dir=cfg.get("bin_dir"),
-        container_user=cfg.get("container_user"),
-    )
+    """The job file uses the pg_backup module's connection option names."""
+    params = {key: cfg.get(key) for key in engine.CONNECTION_ARGS}
+    params["docker_bin"] = cfg.get("docker_bin") or "docker"
+    return engine.runner_from_params(params)
 
 
 def load_state(cfg):
