@@ -101,8 +101,6 @@ broke_stale:
   type: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.deploy_lock import (
     LockError,
@@ -142,7 +140,7 @@ def main():
             released, holder = release(p["path"], p["token"])
             module.exit_json(changed=released, holder=public(holder))
         if module.check_mode:
-            holder = read_holder(p["path"]) if os.path.isdir(p["path"]) else None
+            holder = read_holder(p["path"])
             if holder:
                 module.fail_json(msg=f"deploy lock {p['path']} is held by {holder.get('owner')}", holder=public(holder))
             module.exit_json(changed=True, holder={}, waited=0.0, broke_stale={})

@@ -187,8 +187,13 @@ from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import (
     CONNECTION_ARGS,
     Backup,
     BackupError,
+    list_backups,
     runner_from_params,
 )
+
+
+def listing(names):
+    return "".join(f"{n}\n" for n in names)
 
 
 def main():
@@ -236,7 +241,7 @@ def main():
     try:
         if module.check_mode:
             plan = backup.plan()
-            diff = dict(before="".join(f"{n}\n" for n in plan["before"]), after="".join(f"{n}\n" for n in plan["kept"]))
+            diff = dict(before=listing(plan["before"]), after=listing(plan["kept"]))
             module.exit_json(
                 changed=True,
                 path=plan["path"],
@@ -245,11 +250,11 @@ def main():
                 duration=round(time.monotonic() - t0, 3),
                 diff=diff,
             )
-        before = list(backup.plan()["before"])
+        before = [b["name"] for b in list_backups(p["backup_dir"], p["name_prefix"], p["dbname"]) if b["verified"]]
         out = backup.run()
         module.exit_json(
             changed=True,
-            diff=dict(before="".join(f"{n}\n" for n in before), after="".join(f"{n}\n" for n in out["kept"])),
+            diff=dict(before=listing(before), after=listing(out["kept"])),
             **out,
         )
     except BackupError as exc:
