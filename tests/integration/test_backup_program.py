@@ -29,7 +29,7 @@ def run(action, cfg_path):
 
 def metrics(directory):
     text = (directory / "onebox_backup_nightly.prom").read_text()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{job="nightly"\} (\S+)$', text, re.M)}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{backup="nightly"\} (\S+)$', text, re.M)}
 
 
 def config(tmp_path, cluster, appdb, **extra):
@@ -108,3 +108,55 @@ def test_bad_config(tmp_path):
     path.write_text(json.dumps({"job": "x"}))
     rc, out = run("backup", path)
     assert rc == 2 and "lacks 'dbname'" in out
+
+
+def names(directory):
+    return sorted(p for p in os.listdir(directory) if not p.startswith("."))
+
+
+def test_offsite_copy_mirrors_retention_and_deletes_nothing_else(tmp_path, cluster, appdb):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "notes.txt").write_text("not ours")
+    cfg = config(tmp_path, cluster, appdb, offsite_target=str(remote), max_age=900)
+    first = None
+    for _i in range(3):
+        rc, out = run("backup", cfg)
+        assert rc == 0, out
+        first = first or names(tmp_path / "b")[0]
+        time.sleep(1.1)
+    local = names(tmp_path / "b")
+    assert len(local) == 4 and first not in local  # 2 backups + 2 .sha256, the first pruned
+    assert names(remote) == sorted([*local, "notes.txt"])
+    for name in local:
+        assert (remote / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    m = metrics(tmp_path / "m")
+    assert m["onebox_backup_offsite_last_run_success"] == 1 and m["onebox_backup_max_age_seconds"] == 900
+    # A backup lost here (not pruned by retention) stays there.
+    lost = local[0]
+    os.remove(tmp_path / "b" / lost)
+    os.remove(tmp_path / "b" / f"{lost}.sha256")
+    assert run("backup", cfg)[0] == 0
+    assert lost in names(remote) and f"{lost}.sha256" in names(remote)
+
+
+def test_offsite_prune_off_keeps_everything_there(tmp_path, cluster, appdb):
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    cfg = config(tmp_path, cluster, appdb, offsite_target=str(remote), offsite_prune=False)
+    for _i in range(3):
+        assert run("backup", cfg)[0] == 0
+        time.sleep(1.1)
+    assert len(names(tmp_path / "b")) == 4 and len(names(remote)) == 6
+
+
+def test_failed_offsite_copy_keeps_the_local_backup(tmp_path, cluster, appdb):
+    cfg = config(
+        tmp_path, cluster, appdb, offsite_target="backups@127.0.0.1:/srv/backups", offsite_port=1, offsite_timeout=10
+    )
+    rc, out = run("backup", cfg)
+    assert rc == 3 and "off-site copy to backups@127.0.0.1:/srv/backups FAILED" in out, out
+    assert "Connection refused" in out
+    m = metrics(tmp_path / "m")
+    assert m["onebox_backup_offsite_last_run_success"] == 0 and m["onebox_backup_last_run_success"] == 1
+    assert len(names(tmp_path / "b")) == 2

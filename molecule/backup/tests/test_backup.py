@@ -17,9 +17,21 @@ DIR = "/var/backups/onebox/shop"
 PROM = "/var/lib/prometheus/node-exporter/onebox_backup_shop.prom"
 
 
+OFFSITE_DIR = "/srv/backups/shop"
+
+
 @pytest.fixture(scope="module")
 def target():
     return testinfra.get_host(f"docker://{TARGET}")
+
+
+@pytest.fixture(scope="module")
+def offsite():
+    return testinfra.get_host("docker://onebox-backup-offsite")
+
+
+def listing(host, directory):
+    return sorted(host.check_output(f"ls -A {directory}").split())
 
 
 def play(name, *extra):
@@ -31,7 +43,7 @@ def play(name, *extra):
         ANSIBLE_FORCE_COLOR="0",
     )
     proc = subprocess.run(
-        ["ansible-playbook", "-i", inventory, f"{PROJECT}/playbooks/{name}", *extra],
+        ["ansible-playbook", "-i", inventory, "-l", "targets", f"{PROJECT}/playbooks/{name}", *extra],
         env=env,
         cwd=PROJECT,
         capture_output=True,
@@ -48,7 +60,7 @@ def psql(target, sql, db="shop"):
 
 def metrics(target):
     text = target.file(PROM).content_string
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{job="shop"\} (\S+)$', text, re.M)}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{backup="shop"\} (\S+)$', text, re.M)}
 
 
 def dumps(target):
@@ -83,18 +95,40 @@ def test_metrics_for_node_exporter(target):
     assert now - m["onebox_backup_last_success_timestamp_seconds"] < 300
 
 
-def test_retention_prunes_as_specified(target):
+def test_the_offsite_copy_arrives_intact(target, offsite):
+    target.check_output("systemctl stop onebox-backup@shop.timer")
+    try:
+        # A run exits 3 when its off-site copy fails.
+        target.check_output("systemctl start onebox-backup@shop.service")
+        newest = dumps(target)[-1]
+        assert newest in listing(offsite, OFFSITE_DIR)
+        check = offsite.run(f"cd {OFFSITE_DIR} && sha256sum -c {newest}.sha256")
+        assert check.rc == 0, check.stdout + check.stderr
+        assert offsite.check_output(f"stat -c '%U %a' {OFFSITE_DIR}/{newest}") == "backups 600"
+        assert metrics(target)["onebox_backup_offsite_last_run_success"] == 1
+    finally:
+        target.check_output("systemctl start onebox-backup@shop.timer")
+
+
+def test_retention_prunes_as_specified_here_and_offsite(target, offsite):
     """keep_last 2, keep_daily 3: with one backup a day for the 5 days before
-    today, a new backup keeps itself, yesterday's and the day before's."""
+    today (here and, as if copied earlier, off-site), a new backup keeps
+    itself, yesterday's and the day before's, in both places. Off-site, a
+    backup this server never had and a foreign file stay."""
     target.check_output("systemctl stop onebox-backup@shop.timer")
     try:
         target.check_output(f"find {DIR} -maxdepth 1 -name 'shop-*' -delete")
         target.check_output(f"touch {DIR}/notes.txt")
+        offsite.check_output(f"find {OFFSITE_DIR} -mindepth 1 -delete")
+        stranger = offsite.check_output("date -u -d '-10 day' +shop-%Y%m%dT120000Z.dump").strip()
+        offsite.check_output(f"cd {OFFSITE_DIR} && echo x > {stranger} && echo x > {stranger}.sha256 && touch keep.txt")
         fakes = []
         for days in range(1, 6):
             name = target.check_output(f"date -u -d '-{days} day' +shop-%Y%m%dT120000Z.dump").strip()
             target.check_output(f"cd {DIR} && echo old > {name} && sha256sum {name} > {name}.sha256")
+            offsite.check_output(f"cd {OFFSITE_DIR} && echo old > {name} && sha256sum {name} > {name}.sha256")
             fakes.append(name)
+        # Fails (exit 3) if the off-site copy fails.
         target.check_output("systemctl start onebox-backup@shop.service")
         left = dumps(target)
         assert len(left) == 3, left
@@ -103,6 +137,9 @@ def test_retention_prunes_as_specified(target):
             assert pruned not in left
             assert target.run(f"test -e {DIR}/{pruned}.sha256").rc != 0
         assert target.file(f"{DIR}/notes.txt").exists
+        there = listing(offsite, OFFSITE_DIR)
+        expected = [*left, *(f"{n}.sha256" for n in left), stranger, f"{stranger}.sha256", "keep.txt"]
+        assert there == sorted(expected)
     finally:
         target.check_output("systemctl start onebox-backup@shop.timer")
 

@@ -10,10 +10,14 @@ Installed as /usr/local/lib/onebox/onebox_pg_backup.py with a
 
 `backup` takes a verified backup and applies retention (the same code as
 the onebox.platform.pg_backup module, installed beside this program).
+With `offsite_target` set, each good backup (and any kept one still
+missing there) is then copied with rsync (over SSH for host:path targets);
+there, only what retention removed here is ever deleted.
 `drill` restores the newest backup into a scratch database, runs a check
 query and drops it. Both write Prometheus textfile metrics for
 node_exporter and keep counters in a state file. Exit 0 on success, 1 on a
-failed backup or drill, 2 on a bad configuration.
+failed backup or drill, 2 on a bad configuration, 3 when the backup is
+good but the off-site copy failed.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 LIB = os.environ.get("ONEBOX_LIB", "/usr/local/lib/onebox")
@@ -75,6 +82,14 @@ METRICS = (
     ("onebox_backup_kept", "gauge", "Backups kept after retention.", "kept"),
     ("onebox_backup_restore_drill_success", "gauge", "1 if the last restore drill passed, else 0.", "drill_ok"),
     ("onebox_backup_restore_drill_timestamp_seconds", "gauge", "Unix time of the last restore drill.", "drill_time"),
+    ("onebox_backup_max_age_seconds", "gauge", "Age beyond which the newest good backup is stale.", "max_age"),
+    (
+        "onebox_backup_offsite_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last good off-site copy.",
+        "offsite_last_success",
+    ),
+    ("onebox_backup_offsite_last_run_success", "gauge", "1 if the last off-site copy succeeded, else 0.", "offsite_ok"),
 )
 
 
@@ -83,12 +98,16 @@ def write_metrics(cfg, state):
     if not directory:
         return
     os.makedirs(directory, exist_ok=True)
+    # Not "job": Prometheus keeps that label for the scrape job.
     job = cfg["job"].replace("\\", "\\\\").replace('"', '\\"')
+    values = dict(state)
+    if cfg.get("max_age"):
+        values["max_age"] = int(cfg["max_age"])
     lines = []
     for name, kind, helptext, key in METRICS:
-        if key not in state:
+        if key not in values:
             continue
-        lines += [f"# HELP {name} {helptext}", f"# TYPE {name} {kind}", f'{name}{{job="{job}"}} {state[key]}']
+        lines += [f"# HELP {name} {helptext}", f"# TYPE {name} {kind}", f'{name}{{backup="{job}"}} {values[key]}']
     engine.write_atomic(
         os.path.join(directory, f"onebox_backup_{cfg['job']}.prom"), ("\n".join(lines) + "\n").encode(), mode=0o644
     )
@@ -134,7 +153,75 @@ def do_backup(cfg):
         f"backup of {cfg['dbname']}: {out['path']} ({out['bytes']} bytes, {out['duration']} s, "
         f"sha256 {out['sha256'][:16]}...), kept {len(out['kept'])}, pruned {out['pruned'] or 'none'}"
     )
-    return 0
+    if not cfg.get("offsite_target"):
+        return 0
+    try:
+        copy_offsite(cfg, out["kept"], out["pruned"])
+    except (OffsiteError, OSError) as exc:
+        state["offsite_ok"] = 0
+        print(f"off-site copy to {cfg['offsite_target']} FAILED: {exc}", file=sys.stderr)
+        code = 3
+    else:
+        state.update(offsite_ok=1, offsite_last_success=int(time.time()))
+        code = 0
+    save_state(state_path, state)
+    write_metrics(cfg, state)
+    return code
+
+
+class OffsiteError(Exception):
+    pass
+
+
+# Names this program writes; anything else never goes into a filter rule.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def offsite_rsync(cfg, args):
+    argv = [cfg.get("rsync_bin") or "rsync", f"--timeout={int(cfg.get('offsite_timeout', 300))}"]
+    if ":" in cfg["offsite_target"]:
+        ssh = [
+            cfg.get("ssh_bin") or "ssh",
+            "-o BatchMode=yes",
+            "-o StrictHostKeyChecking=yes",
+            "-o ConnectTimeout=20",
+        ]
+        if cfg.get("offsite_ssh_key"):
+            ssh.append(f"-i {cfg['offsite_ssh_key']}")
+        if cfg.get("offsite_known_hosts"):
+            ssh.append(f"-o UserKnownHostsFile={cfg['offsite_known_hosts']}")
+        if cfg.get("offsite_port"):
+            ssh.append(f"-p {int(cfg['offsite_port'])}")
+        argv += ["-e", " ".join(ssh)]
+    proc = subprocess.run(argv + args, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise OffsiteError(f"rsync exited {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-600:]}")
+
+
+def copy_offsite(cfg, kept, pruned):
+    """Copy every kept backup the target lacks (rsync skips what is there and
+    renames each file into place only when complete), then delete there
+    exactly what retention pruned here (never a file this side still has or
+    never knew): an emptied or lost local directory deletes nothing."""
+    target = cfg["offsite_target"].rstrip("/") + "/"
+    src = cfg["backup_dir"]
+    paths = []
+    for name in kept:
+        for candidate in (name, f"{name}.globals.sql", f"{name}.sha256"):
+            if os.path.lexists(os.path.join(src, candidate)):
+                paths.append(os.path.join(src, candidate))
+    if paths:
+        offsite_rsync(cfg, ["-rt", "--chmod=D0700,F0600", *paths, target])
+    if not pruned or not cfg.get("offsite_prune", True):
+        return
+    rules = []
+    for name in pruned:
+        if not SAFE_NAME.match(name):
+            raise OffsiteError(f"refusing to delete an odd name off-site: {name!r}")
+        rules += [f"--include=/{name}", f"--include=/{name}/***"]
+        rules += [f"--include=/{name}.sha256", f"--include=/{name}.globals.sql"]
+    with tempfile.TemporaryDirectory(prefix="onebox-empty-") as empty:
+        offsite_rsync(cfg, ["-r", "--delete", *rules, "--exclude=*", f"{empty}/", target])
 
 
 def do_drill(cfg):
