@@ -7,7 +7,7 @@ VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: venv link engine images test lint sanity pytest molecule local-server bootstrap-local demo clean
+.PHONY: venv link engine images test lint sanity pytest molecule local-server bootstrap-local demo bench clean
 
 venv: $(VENV)/.installed link
 $(VENV)/.installed: requirements-dev.txt
@@ -50,6 +50,10 @@ bootstrap-local: venv local-server
 
 demo:
 	bash scripts/demo.sh
+
+# Benchmarks (not part of make test): bench/run.sh, figures in bench/RESULTS.md.
+bench: venv link
+	bash bench/run.sh
 
 clean:
 	bash scripts/local-server.sh down

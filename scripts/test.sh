@@ -16,7 +16,7 @@ export ANSIBLE_COLLECTIONS_PATH="$ROOT/.ansible/collections"
 export PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1
 SANITY_PYTHON=${SANITY_PYTHON:-3.11}
 
-HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync)
+HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager)
 
 stage_setup() {
   local missing=()
@@ -26,6 +26,8 @@ stage_setup() {
   if ((${#missing[@]})); then
     echo "installing host packages: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || return 1
+    # Only promtool and amtool are wanted here, not the services.
+    systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
   fi
   make -s venv || return 1
   bash scripts/engine.sh || return 1

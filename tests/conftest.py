@@ -46,12 +46,14 @@ def run_module(name, args, check=False, diff=False, timeout=300, env=None):
     """Run plugins/modules/NAME the way Ansible does (args file on argv)
     and return (rc, result dict)."""
     payload = {"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check, _ansible_diff=diff)}
+    # NAME or a FQCN such as community.general.haproxy.
+    ns, coll, mod = name.split(".") if "." in name else ("onebox", "platform", name)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(payload, fh)
         path = fh.name
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", f"ansible_collections.onebox.platform.plugins.modules.{name}", path],
+            [sys.executable, "-m", f"ansible_collections.{ns}.{coll}.plugins.modules.{mod}", path],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,0 +1,153 @@
+"""Monitoring on the deployed server (SPEC R28), after test_deploy.py.
+
+Prometheus, Alertmanager, node_exporter and postgres_exporter run for real
+(Debian's packages). Grafana, Loki, Alloy and cAdvisor cannot run on these
+machines (no package, no pullable image): the role writes their files and
+tests/unit/test_monitoring_config.py checks them for structure only.
+Alerts go to a local receiver (alert_receiver.py) standing in for Slack,
+a webhook and an SMTP server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+import testinfra
+
+TARGET = "onebox-deploy-target"
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+RESULTS = os.path.join(PROJECT, "tests", "output", "monitoring.json")
+OUT = "/var/tmp/receiver"
+
+
+@pytest.fixture(scope="module")
+def target():
+    host = testinfra.get_host(f"docker://{TARGET}")
+    subprocess.run(["docker", "cp", os.path.join(HERE, "alert_receiver.py"), f"{TARGET}:/var/tmp/"], check=True)
+    host.run("systemctl stop onebox-test-receiver")
+    host.check_output("rm -rf /var/tmp/receiver")
+    host.check_output("systemd-run --unit onebox-test-receiver python3 -W ignore /var/tmp/alert_receiver.py")
+    deadline = time.monotonic() + 20
+    while host.run("ss -ltn | grep -q 127.0.0.1:9099").rc and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return host
+
+
+def api(target, path, port=9090):
+    out = target.check_output(
+        "python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' %s",
+        f"http://127.0.0.1:{port}{path}",
+    )
+    return json.loads(out)
+
+
+def query(target, promql):
+    from urllib.parse import quote
+
+    return api(target, f"/api/v1/query?query={quote(promql)}")["data"]["result"]
+
+
+def deliveries(target):
+    """[(file name, text)] of everything the receiver got, oldest first."""
+    names = target.check_output(f"ls {OUT} 2>/dev/null || true").split()
+    return [(n, target.file(f"{OUT}/{n}").content_string) for n in sorted(names) if not n.endswith(".tmp")]
+
+
+def wait_for_delivery(target, alertname, since, timeout):
+    """Wait until the webhook, the Slack stand-in and the mailbox each got a
+    firing notification of ALERTNAME; returns seconds waited."""
+    t0 = time.monotonic()
+    seen = {}
+    while time.monotonic() - t0 < timeout:
+        for name, text in deliveries(target):
+            if name in since or alertname not in text:
+                continue
+            kind = name.split("-", 1)[1]
+            if kind == "hook" and json.loads(text)["status"] == "firing":
+                seen.setdefault("webhook", time.monotonic() - t0)
+            elif kind == "slack" and "FIRING" in text:
+                seen.setdefault("slack", time.monotonic() - t0)
+            elif kind == "mail" and "firing" in text.lower():
+                seen.setdefault("email", time.monotonic() - t0)
+        if len(seen) == 3:
+            return seen
+        time.sleep(1)
+    pytest.fail(f"{alertname} not delivered in {timeout} s (got {sorted(seen)}); receiver has {deliveries(target)}")
+
+
+def record(key, value):
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    data = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            data = json.load(fh)
+    data[key] = value
+    with open(RESULTS, "w") as fh:
+        json.dump(data, fh, indent=1)
+
+
+def test_every_target_is_up(target):
+    deadline = time.monotonic() + 90
+    while True:
+        targets = api(target, "/api/v1/targets")["data"]["activeTargets"]
+        health = {t["labels"]["job"]: t["health"] for t in targets}
+        if set(health) >= {"prometheus", "alertmanager", "node", "haproxy", "postgres"} and set(health.values()) == {
+            "up"
+        }:
+            break
+        assert time.monotonic() < deadline, f"targets not all up: {health}"
+        time.sleep(3)
+    assert query(target, "pg_up")[0]["value"][1] == "1"
+    assert query(target, 'haproxy_backend_active_servers{proxy="app_demo"}')[0]["value"][1] == "1"
+    backup = query(target, "onebox_backup_last_success_timestamp_seconds")
+    assert backup and backup[0]["metric"]["backup"] == "demo" and backup[0]["metric"]["job"] == "node"
+    rules = api(target, "/api/v1/rules")["data"]["groups"]
+    assert {r["name"] for g in rules for r in g["rules"]} >= {"ServiceDown", "BackupStale", "DatabaseDown"}
+
+
+def test_everything_listens_on_loopback_only(target):
+    listening = target.check_output("ss -Hltn | awk '{print $4}'").split()
+    for port in ("9090", "9093", "9100", "9187"):
+        local = [a for a in listening if a.rsplit(":", 1)[1] == port]
+        assert local == [f"127.0.0.1:{port}"], (port, local)
+    assert not [a for a in listening if a.endswith(":9094")], "Alertmanager's cluster port is open"
+
+
+def test_stopping_the_app_fires_service_down_and_it_is_delivered(target):
+    since = {n for n, _t in deliveries(target)}
+    running = target.check_output("docker ps -q --filter label=onebox_app=demo").split()
+    assert running
+    t0 = time.monotonic()
+    target.check_output(f"docker stop -t 1 {' '.join(running)}")
+    try:
+        seen = wait_for_delivery(target, "ServiceDown", since, timeout=180)
+    finally:
+        target.check_output(f"docker start {' '.join(running)}")
+    delay = time.monotonic() - t0
+    record("app_stop_to_alert_delivery_s", round(delay, 1))
+    print(f"app stopped -> ServiceDown delivered to webhook, Slack and e-mail in {delay:.1f} s: {seen}")
+    # Back up: HAProxy sees the app again.
+    deadline = time.monotonic() + 60
+    while query(target, 'haproxy_backend_active_servers{proxy="app_demo"}')[0]["value"][1] != "1":
+        assert time.monotonic() < deadline, "the app did not come back"
+        time.sleep(2)
+
+
+def test_stopping_the_backup_timer_fires_backup_stale(target):
+    since = {n for n, _t in deliveries(target)}
+    target.check_output("systemctl stop onebox-backup@demo.timer")
+    t0 = time.monotonic()
+    try:
+        seen = wait_for_delivery(target, "BackupStale", since, timeout=240)
+    finally:
+        target.check_output("systemctl start onebox-backup@demo.timer")
+    record("backup_timer_stop_to_alert_delivery_s", round(time.monotonic() - t0, 1))
+    print(f"backup timer stopped -> BackupStale delivered in {time.monotonic() - t0:.1f} s: {seen}")
+    text = next(t for n, t in deliveries(target) if n not in since and n.endswith("-hook") and "BackupStale" in t)
+    alert = next(a for a in json.loads(text)["alerts"] if a["labels"]["alertname"] == "BackupStale")
+    assert alert["labels"]["backup"] == "demo" and alert["labels"]["severity"] == "critical"
