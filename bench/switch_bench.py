@@ -168,7 +168,14 @@ class Bench:
         raise RuntimeError(f"server {server} never came UP")
 
 
-def measure(bench, name, rate, seconds, prepare, switch):
+def module(name, args):
+    """One module run, as Ansible does it; any failure stops the bench."""
+    rc, out = run_module(name, args)
+    if rc:
+        raise RuntimeError(f"{name} failed: {out}")
+
+
+def measure(name, rate, seconds, prepare, switch):
     prepare()
     load = Load(rate, seconds)
     runner = threading.Thread(target=load.run)
@@ -227,30 +234,20 @@ def main():
         b.wait_server_up("app")
 
     def ours():
-        rc, out = run_module(
-            "haproxy_backend", {"socket": b.sock, "backend": "app", "active": ["green"], "drain_timeout": 10}
-        )
-        if rc:
-            raise RuntimeError(out)
+        module("haproxy_backend", {"socket": b.sock, "backend": "app", "active": ["green"], "drain_timeout": 10})
 
     def standby_checked():
         """The app role's way: the standby colour stays in drain, so HAProxy
         keeps checking it and knows it healthy before the switch."""
         two_servers()
-        rc, out = run_module(
-            "haproxy_backend", {"socket": b.sock, "backend": "app", "active": ["blue"], "inactive_state": "drain"}
-        )
-        if rc:
-            raise RuntimeError(out)
+        module("haproxy_backend", {"socket": b.sock, "backend": "app", "active": ["blue"], "inactive_state": "drain"})
         time.sleep(5)  # two checks (rise 2, inter 2s) and a margin
 
     def ours_drain():
-        rc, out = run_module(
+        module(
             "haproxy_backend",
             {"socket": b.sock, "backend": "app", "active": ["green"], "inactive_state": "drain", "drain_timeout": 10},
         )
-        if rc:
-            raise RuntimeError(out)
 
     def reload():
         b.app("bench-green", "v2", GREEN)
@@ -264,12 +261,10 @@ def main():
 
     def cg_haproxy():
         for host, state in (("green", "enabled"), ("blue", "disabled")):
-            rc, out = run_module(
+            module(
                 "community.general.haproxy",
                 {"socket": b.sock, "backend": "app", "host": host, "state": state, "wait": True},
             )
-            if rc:
-                raise RuntimeError(out)
 
     runs = [
         ("ours, standby in maint (checks start at the switch)", two_servers, ours),
@@ -281,7 +276,7 @@ def main():
     rows = []
     try:
         for name, prepare, switch in runs:
-            rows.append(measure(b, name, args.rate, args.seconds, prepare, switch))
+            rows.append(measure(name, args.rate, args.seconds, prepare, switch))
             print(json.dumps(rows[-1]), flush=True)
     finally:
         b.stop_haproxy()
