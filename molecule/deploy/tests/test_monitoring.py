@@ -14,6 +14,8 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime, timezone
+from urllib.parse import quote
 
 import pytest
 import testinfra
@@ -47,32 +49,52 @@ def api(target, path, port=9090):
 
 
 def query(target, promql):
-    from urllib.parse import quote
-
     return api(target, f"/api/v1/query?query={quote(promql)}")["data"]["result"]
 
 
 def deliveries(target):
-    """[(file name, text)] of everything the receiver got, oldest first."""
-    names = target.check_output(f"ls {OUT} 2>/dev/null || true").split()
-    return [(n, target.file(f"{OUT}/{n}").content_string) for n in sorted(names) if not n.endswith(".tmp")]
+    """[(file name, arrival time, text)] of everything the receiver got, oldest first."""
+    listing = target.check_output(
+        f"find {OUT} -maxdepth 1 -type f ! -name '*.tmp' -printf '%f %T@\\n' 2>/dev/null || true"
+    )
+    arrived = dict(line.split() for line in listing.splitlines())
+    return [(n, float(arrived[n]), target.file(f"{OUT}/{n}").content_string) for n in sorted(arrived)]
 
 
-def wait_for_delivery(target, alertname, since, timeout):
+def epoch(stamp):
+    """Alertmanager's RFC 3339 time (nanoseconds, Z) as Unix time."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    return datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp() + float(f"0.{frac or 0}")
+
+
+def wait_for_delivery(target, alertname, since, started_after, timeout):
     """Wait until the webhook, the Slack stand-in and the mailbox each got a
-    firing notification of ALERTNAME; returns seconds waited."""
+    firing notification of ALERTNAME for an alert that started after
+    STARTED_AFTER (Unix time). The webhook's JSON says when the alert
+    started; Slack and e-mail go out in the same flush, so they count only
+    when they arrive with or after that webhook (a late retry of an older
+    notification does not). Returns seconds waited per channel."""
     t0 = time.monotonic()
     seen = {}
     while time.monotonic() - t0 < timeout:
-        for name, text in deliveries(target):
-            if name in since or alertname not in text:
-                continue
-            kind = name.split("-", 1)[1]
-            if kind == "hook" and json.loads(text)["status"] == "firing":
-                seen.setdefault("webhook", time.monotonic() - t0)
-            elif kind == "slack" and "FIRING" in text:
+        got = [(n, at, text) for n, at, text in deliveries(target) if n not in since and alertname in text]
+        hooks = [
+            at
+            for n, at, text in got
+            if n.endswith("-hook")
+            and any(
+                a["labels"]["alertname"] == alertname
+                and a["status"] == "firing"
+                and epoch(a["startsAt"]) >= started_after - 1
+                for a in json.loads(text)["alerts"]
+            )
+        ]
+        if hooks:
+            seen.setdefault("webhook", time.monotonic() - t0)
+            flush = min(hooks) - 2
+            if any(n.endswith("-slack") and at >= flush and "FIRING" in text for n, at, text in got):
                 seen.setdefault("slack", time.monotonic() - t0)
-            elif kind == "mail" and "firing" in text.lower():
+            if any(n.endswith("-mail") and at >= flush and "firing" in text.lower() for n, at, text in got):
                 seen.setdefault("email", time.monotonic() - t0)
         if len(seen) == 3:
             return seen
@@ -119,13 +141,14 @@ def test_everything_listens_on_loopback_only(target):
 
 
 def test_stopping_the_app_fires_service_down_and_it_is_delivered(target):
-    since = {n for n, _t in deliveries(target)}
+    since = {n for n, _at, _t in deliveries(target)}
     running = target.check_output("docker ps -q --filter label=onebox_app=demo").split()
     assert running
     t0 = time.monotonic()
+    stopped = time.time()
     target.check_output(f"docker stop -t 1 {' '.join(running)}")
     try:
-        seen = wait_for_delivery(target, "ServiceDown", since, timeout=180)
+        seen = wait_for_delivery(target, "ServiceDown", since, stopped, timeout=180)
     finally:
         target.check_output(f"docker start {' '.join(running)}")
     delay = time.monotonic() - t0
@@ -139,15 +162,16 @@ def test_stopping_the_app_fires_service_down_and_it_is_delivered(target):
 
 
 def test_stopping_the_backup_timer_fires_backup_stale(target):
-    since = {n for n, _t in deliveries(target)}
+    since = {n for n, _at, _t in deliveries(target)}
+    stopped = time.time()
     target.check_output("systemctl stop onebox-backup@demo.timer")
     t0 = time.monotonic()
     try:
-        seen = wait_for_delivery(target, "BackupStale", since, timeout=240)
+        seen = wait_for_delivery(target, "BackupStale", since, stopped, timeout=240)
     finally:
         target.check_output("systemctl start onebox-backup@demo.timer")
     record("backup_timer_stop_to_alert_delivery_s", round(time.monotonic() - t0, 1))
     print(f"backup timer stopped -> BackupStale delivered in {time.monotonic() - t0:.1f} s: {seen}")
-    text = next(t for n, t in deliveries(target) if n not in since and n.endswith("-hook") and "BackupStale" in t)
+    text = next(t for n, _at, t in deliveries(target) if n not in since and n.endswith("-hook") and "BackupStale" in t)
     alert = next(a for a in json.loads(text)["alerts"] if a["labels"]["alertname"] == "BackupStale")
     assert alert["labels"]["backup"] == "demo" and alert["labels"]["severity"] == "critical"
