@@ -63,7 +63,7 @@ def deliveries(target):
 
 def epoch(stamp):
     """Alertmanager's RFC 3339 time (nanoseconds, Z) as Unix time."""
-    head, _, frac = stamp.rstrip("Z").partition(".")
+    head, _sep, frac = stamp.rstrip("Z").partition(".")
     return datetime.fromisoformat(head).replace(tzinfo=timezone.utc).timestamp() + float(f"0.{frac or 0}")
 
 
@@ -113,19 +113,29 @@ def record(key, value):
         json.dump(data, fh, indent=1)
 
 
+def value(target, promql):
+    """The first sample's value of PROMQL, or None when there is none."""
+    result = query(target, promql)
+    return result[0]["value"][1] if result else None
+
+
 def test_every_target_is_up(target):
+    # The deploy tests run just before this one and put the app in
+    # maintenance and back: wait for scrapes taken after that.
     deadline = time.monotonic() + 90
     while True:
         targets = api(target, "/api/v1/targets")["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in targets}
-        if set(health) >= {"prometheus", "alertmanager", "node", "haproxy", "postgres"} and set(health.values()) == {
-            "up"
-        }:
+        live = value(target, 'haproxy_backend_active_servers{proxy="app_demo"}')
+        if (
+            set(health) >= {"prometheus", "alertmanager", "node", "haproxy", "postgres"}
+            and set(health.values()) == {"up"}
+            and live == "1"
+        ):
             break
-        assert time.monotonic() < deadline, f"targets not all up: {health}"
+        assert time.monotonic() < deadline, f"targets not all up: {health}, app_demo active servers: {live}"
         time.sleep(3)
-    assert query(target, "pg_up")[0]["value"][1] == "1"
-    assert query(target, 'haproxy_backend_active_servers{proxy="app_demo"}')[0]["value"][1] == "1"
+    assert value(target, "pg_up") == "1"
     backup = query(target, "onebox_backup_last_success_timestamp_seconds")
     assert backup and backup[0]["metric"]["backup"] == "demo" and backup[0]["metric"]["job"] == "node"
     rules = api(target, "/api/v1/rules")["data"]["groups"]
