@@ -12,9 +12,12 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
+REV=2
 for v in v1 v2 v3 v4; do
   tar=.cache/images/demo-$v.tar
-  if docker image inspect "local/demo:$v" >/dev/null 2>&1 && [ -s "$tar" ]; then continue; fi
+  # REV: bump when the image changes, so an older build is replaced.
+  if [ "$(docker image inspect -f '{{index .Config.Labels "onebox_demo_rev"}}' "local/demo:$v" 2>/dev/null)" = "$REV" ] &&
+    [ -s "$tar" ]; then continue; fi
   root=$(mktemp -d)
   chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
@@ -25,11 +28,16 @@ for v in v1 v2 v3 v4; do
   cat >"$root/start.sh" <<'START'
 #!/bin/sh
 # Serve /www on 8080. DEMO_FAIL_AFTER: remove /health after that many seconds.
+# As PID 1, httpd would ignore SIGTERM and every stop would wait for the kill;
+# this shell stops it and exits at once, as a well-behaved app does.
 if [ -n "${DEMO_FAIL_AFTER:-}" ]; then (sleep "$DEMO_FAIL_AFTER"; rm -f /www/health) & fi
-exec httpd -f -p 8080 -h /www
+httpd -f -p 8080 -h /www &
+pid=$!
+trap 'kill "$pid"; exit 0' TERM INT
+wait "$pid"
 START
   chmod +x "$root/start.sh"
-  changes=(--change 'CMD ["/start.sh"]' --change 'EXPOSE 8080'
+  changes=(--change 'CMD ["/start.sh"]' --change 'EXPOSE 8080' --change "LABEL onebox_demo_rev=$REV"
     --change 'HEALTHCHECK --interval=2s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1')
   [ "$v" = v4 ] && changes+=(--change 'ENV DEMO_FAIL_AFTER=15')
   tar -C "$root" -c . | docker import "${changes[@]}" - "local/demo:$v" >/dev/null
