@@ -16,7 +16,7 @@ export ANSIBLE_COLLECTIONS_PATH="$ROOT/.ansible/collections"
 export PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1
 SANITY_PYTHON=${SANITY_PYTHON:-3.11}
 
-HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager)
+HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager zstd lz4)
 
 stage_setup() {
   local missing=()

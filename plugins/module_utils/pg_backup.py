@@ -45,6 +45,69 @@ class BackupError(Exception):
     """A backup or restore that failed; the message says what to do."""
 
 
+# --- compression of plain dumps -------------------------------------------------
+# gzip runs in this process; zstd and lz4 run as their own commands, beside
+# pg_dump (zstd with a thread per core), so any pg_dump version can use them.
+EXTERNAL_SUFFIX = {".zst": "zstd", ".lz4": "lz4"}
+
+
+def compression_tool(method):
+    """Path of the zstd or lz4 command, or a BackupError saying how to get it."""
+    path = shutil.which(method)
+    if not path:
+        raise BackupError(
+            f"compression {method} needs the {method} command on this server (Debian: apt install {method}); "
+            "or use gzip"
+        )
+    return path
+
+
+def compressor_argv(method, level):
+    argv = [compression_tool(method), "-q", "-c"]
+    if method == "zstd":
+        argv.append("-T0")
+        if level is not None and int(level) > 19:
+            argv.append("--ultra")
+    if level is not None and int(level) > 0:
+        argv.append(f"-{int(level)}")
+    return argv
+
+
+def compression_of(path):
+    """gzip, zstd, lz4 or none, from a plain dump's name."""
+    if path.endswith(".gz"):
+        return "gzip"
+    return next((t for suffix, t in EXTERNAL_SUFFIX.items() if path.endswith(suffix)), "none")
+
+
+@contextlib.contextmanager
+def open_plain(path, compression=None):
+    """The SQL of a plain dump (.sql, .sql.gz, .sql.zst, .sql.lz4; COMPRESSION
+    overrides the name) as a stream. A zstd or lz4 file is decoded by its
+    command; leaving the block after reading everything checks that it
+    decoded without error."""
+    tool = compression or compression_of(path)
+    if tool not in EXTERNAL_SUFFIX.values():
+        with gzip.open(path, "rb") if tool == "gzip" else open(path, "rb") as fh:
+            yield fh
+        return
+    proc = subprocess.Popen([compression_tool(tool), "-dc", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # pylint: disable=consider-using-with
+    try:
+        yield proc.stdout
+        for _block in iter(lambda: proc.stdout.read(CHUNK), b""):
+            pass
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.stderr.close()
+        proc.wait()
+    if proc.returncode != 0:
+        raise BackupError(f"{path} does not decompress: {err.decode(errors='replace').strip()}")
+
+
 # --- names and retention ------------------------------------------------------
 
 
@@ -486,6 +549,8 @@ class Backup:
             raise BackupError("jobs > 1 needs format: directory (pg_dump dumps in parallel only to a directory)")
         if self.level is not None and not 0 <= int(self.level) <= 22:
             raise BackupError(f"compression_level must be 0..22, got {self.level}")
+        if self.fmt == "plain" and self.compression in ("zstd", "lz4"):
+            compression_tool(self.compression)
         if not os.path.isdir(self.dir):
             raise BackupError(f"backup_dir {self.dir} does not exist or is not a directory")
         if not os.access(self.dir, os.W_OK | os.X_OK):
@@ -494,7 +559,8 @@ class Backup:
 
     def compress_args(self, server_major):
         """pg_dump compression flags for custom/directory (and plain zstd/lz4)."""
-        if self.fmt == "plain" and self.compression in ("gzip", "none"):
+        if self.fmt == "plain":
+            # Compressed here (gzip) or by the zstd/lz4 command, never by pg_dump.
             return ["-Z", "0"] if server_major >= 16 else []
         method = self.compression
         if method == "none":
@@ -629,26 +695,40 @@ class Backup:
             self._dump_directory(partial, tool_major)
             return
         args = self.dump_args(tool_major)
+        external = self.fmt == "plain" and self.compression in ("zstd", "lz4")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             proc = self.runner.popen("pg_dump", args, stdout=subprocess.PIPE)
-            sink = (
-                gzip.GzipFile(fileobj=out, mode="wb", compresslevel=int(self.level or 6), mtime=0)
-                if (self.fmt == "plain" and self.compression == "gzip")
-                else out
-            )
+            packer = None
+            if external:
+                packer = subprocess.Popen(  # pylint: disable=consider-using-with
+                    compressor_argv(self.compression, self.level),
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=subprocess.PIPE,
+                )
+                sink = packer.stdin
+            elif self.fmt == "plain" and self.compression == "gzip":
+                sink = gzip.GzipFile(fileobj=out, mode="wb", compresslevel=int(self.level or 6), mtime=0)
+            else:
+                sink = out
             try:
                 # Read pg_dump's stdout ourselves: its exit code is the one
-                # we judge (no shell pipe hides it behind gzip's).
+                # we judge (no shell pipe hides it behind the compressor's),
+                # and the compressor's is judged on its own.
                 for block in iter(lambda: proc.stdout.read(CHUNK), b""):
                     sink.write(block)
                 if sink is not out:
                     sink.close()
+                if packer:
+                    packer.wait()
                 out.flush()
                 os.fsync(out.fileno())
             except BaseException:
-                proc.kill()
-                proc.wait()
+                for p in (proc, packer):
+                    if p:
+                        p.kill()
+                        p.wait()
                 raise
             finally:
                 proc.stdout.close()
@@ -657,6 +737,11 @@ class Backup:
         if proc.returncode != 0:
             raise BackupError(
                 self.runner.explain("pg_dump", proc.returncode, err) + " No backup was written; nothing was pruned."
+            )
+        if packer and packer.returncode != 0:
+            raise BackupError(
+                f"{self.compression} failed (exit {packer.returncode}): "
+                f"{packer.stderr.read().decode(errors='replace').strip()}. No backup was written; nothing was pruned."
             )
 
     def _dump_directory(self, partial, tool_major):
@@ -701,7 +786,7 @@ class Backup:
         verify_archive(self.runner, partial, self.fmt, self.compression)
 
 
-def verify_archive(runner, path, fmt, compression="gzip"):
+def verify_archive(runner, path, fmt, compression=None):
     """Read the whole archive, not just its table of contents.
 
     `pg_restore --list` reads only the TOC, written first: a file cut in its
@@ -722,22 +807,12 @@ def verify_archive(runner, path, fmt, compression="gzip"):
             raise BackupError(f"{path} has no toc.dat: not a directory-format dump")
     else:
         tail = b""
-        opener = gzip.open if compression == "gzip" or path.endswith(".gz") else open
-        if compression in ("zstd", "lz4") or path.endswith((".zst", ".lz4")):
-            tool = "zstd" if compression == "zstd" or path.endswith(".zst") else "lz4"
-            if not shutil.which(tool):
-                return  # cannot decode here; the checksum still guards it
-            proc = subprocess.run([tool, "-dc", path], capture_output=True, check=False)
-            if proc.returncode != 0:
-                raise BackupError(f"{path} does not decompress: {proc.stderr.decode(errors='replace').strip()}")
-            tail = proc.stdout[-4096:]
-        else:
-            try:
-                with opener(path, "rb") as fh:
-                    for block in iter(lambda: fh.read(CHUNK), b""):
-                        tail = (tail + block)[-4096:]
-            except (OSError, EOFError) as exc:
-                raise BackupError(f"{path} is damaged: {exc}") from None
+        try:
+            with open_plain(path, compression) as fh:
+                for block in iter(lambda: fh.read(CHUNK), b""):
+                    tail = (tail + block)[-4096:]
+        except (OSError, EOFError) as exc:
+            raise BackupError(f"{path} is damaged: {exc}") from None
         if PLAIN_TRAILER not in tail:
             raise BackupError(f"{path} is incomplete: it lacks pg_dump's closing line")
 
@@ -913,9 +988,8 @@ class Restore:
         if self.single:
             args.append("--single-transaction")
         proc = self.runner.popen("psql", args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-        opener = gzip.open if self.path.endswith(".gz") else open
         try:
-            with opener(self.path, "rb") as fh:
+            with open_plain(self.path) as fh:
                 for block in iter(lambda: fh.read(CHUNK), b""):
                     proc.stdin.write(block)
             proc.stdin.close()

@@ -46,7 +46,10 @@ options:
     default: custom
   compression:
     description:
-      - V(gzip) works everywhere; V(zstd) and V(lz4) need pg_dump 16 or newer.
+      - V(gzip) works everywhere.
+      - V(zstd) and V(lz4) with O(format=plain) are done by the C(zstd) or C(lz4) command on the
+        server, beside pg_dump and whatever its version (zstd uses a thread per core); with
+        O(format=custom) or O(format=directory) pg_dump does it and must be version 16 or newer.
     type: str
     choices: [gzip, zstd, lz4, none]
     default: gzip

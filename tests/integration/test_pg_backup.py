@@ -45,7 +45,14 @@ def fake_backup(directory, dbname, when, ext="dump", verified=True):
 
 @pytest.mark.parametrize(
     "fmt,compression,ext",
-    [("custom", "gzip", "dump"), ("plain", "gzip", "sql.gz"), ("plain", "none", "sql"), ("directory", "gzip", "dir")],
+    [
+        ("custom", "gzip", "dump"),
+        ("plain", "gzip", "sql.gz"),
+        ("plain", "none", "sql"),
+        ("plain", "zstd", "sql.zst"),
+        ("plain", "lz4", "sql.lz4"),
+        ("directory", "gzip", "dir"),
+    ],
 )
 def test_backup_and_restore_round_trip(cluster, appdb, tmp_path, fmt, compression, ext):
     jobs = 2 if fmt == "directory" else 1
@@ -80,6 +87,19 @@ def test_backup_and_restore_round_trip(cluster, appdb, tmp_path, fmt, compressio
         assert counts(cluster.psql, scratch) == "2000/2"
     finally:
         cluster.psql(f"DROP DATABASE IF EXISTS {scratch}")
+
+
+@pytest.mark.parametrize("compression,ext", [("zstd", "sql.zst"), ("lz4", "sql.lz4"), ("gzip", "sql.gz")])
+def test_a_cut_compressed_plain_dump_fails_verification(cluster, appdb, tmp_path, compression, ext):
+    rc, res = backup(cluster, tmp_path, appdb, format="plain", compression=compression)
+    assert rc == 0, res.get("msg")
+    engine.verify_archive(None, res["path"], "plain")  # the good one reads back in full
+    cut = str(tmp_path / f"cut.{ext}")
+    with open(res["path"], "rb") as src, open(cut, "wb") as dst:
+        dst.write(src.read()[: os.path.getsize(res["path"]) // 2])
+    with pytest.raises(engine.BackupError) as err:
+        engine.verify_archive(None, cut, "plain")
+    assert cut in str(err.value) and ("decompress" in str(err.value) or "damaged" in str(err.value))
 
 
 def test_backup_inside_a_container_and_restore_there(pg_container, containerdb, tmp_path):
