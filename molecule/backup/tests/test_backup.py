@@ -67,6 +67,19 @@ def dumps(target):
     return sorted(n for n in target.check_output(f"ls {DIR}").split() if n.endswith(".dump"))
 
 
+def pause_timer(target):
+    """Stop the backup timer and wait for a run it already started: starting
+    the timer again (Persistent=true) may have fired a missed run, which
+    would otherwise land in the middle of the next test."""
+    target.check_output("systemctl stop onebox-backup@shop.timer")
+    deadline = time.monotonic() + 120
+    while target.run("systemctl is-active --quiet onebox-backup@shop.service").rc == 0 or (
+        target.check_output("systemctl show -p ActiveState --value onebox-backup@shop.service") == "activating"
+    ):
+        assert time.monotonic() < deadline, "a backup run did not end in 120 s"
+        time.sleep(1)
+
+
 def test_timers_are_scheduled(target):
     assert target.service("onebox-backup@shop.timer").is_running
     assert target.service("onebox-backup@shop.timer").is_enabled
@@ -96,7 +109,7 @@ def test_metrics_for_node_exporter(target):
 
 
 def test_the_offsite_copy_arrives_intact(target, offsite):
-    target.check_output("systemctl stop onebox-backup@shop.timer")
+    pause_timer(target)
     try:
         # A run exits 3 when its off-site copy fails.
         target.check_output("systemctl start onebox-backup@shop.service")
@@ -115,7 +128,7 @@ def test_retention_prunes_as_specified_here_and_offsite(target, offsite):
     today (here and, as if copied earlier, off-site), a new backup keeps
     itself, yesterday's and the day before's, in both places. Off-site, a
     backup this server never had and a foreign file stay."""
-    target.check_output("systemctl stop onebox-backup@shop.timer")
+    pause_timer(target)
     try:
         target.check_output(f"find {DIR} -maxdepth 1 -name 'shop-*' -delete")
         target.check_output(f"touch {DIR}/notes.txt")
@@ -152,7 +165,7 @@ def test_restore_drill_passes(target):
 
 
 def test_restore_round_trips_row_counts(target):
-    target.check_output("systemctl stop onebox-backup@shop.timer")
+    pause_timer(target)
     psql(
         target,
         "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, total numeric); TRUNCATE orders;"
