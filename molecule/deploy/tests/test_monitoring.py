@@ -52,6 +52,12 @@ def query(target, promql):
     return api(target, f"/api/v1/query?query={quote(promql)}")["data"]["result"]
 
 
+def value(target, promql):
+    """The first sample's value of PROMQL, or None when there is none."""
+    result = query(target, promql)
+    return result[0]["value"][1] if result else None
+
+
 def deliveries(target):
     """[(file name, arrival time, text)] of everything the receiver got, oldest first."""
     listing = target.check_output(
@@ -113,12 +119,6 @@ def record(key, value):
         json.dump(data, fh, indent=1)
 
 
-def value(target, promql):
-    """The first sample's value of PROMQL, or None when there is none."""
-    result = query(target, promql)
-    return result[0]["value"][1] if result else None
-
-
 def test_every_target_is_up(target):
     # The deploy tests run just before this one and put the app in
     # maintenance and back: wait for scrapes taken after that.
@@ -166,7 +166,7 @@ def test_stopping_the_app_fires_service_down_and_it_is_delivered(target):
     print(f"app stopped -> ServiceDown delivered to webhook, Slack and e-mail in {delay:.1f} s: {seen}")
     # Back up: HAProxy sees the app again.
     deadline = time.monotonic() + 60
-    while query(target, 'haproxy_backend_active_servers{proxy="app_demo"}')[0]["value"][1] != "1":
+    while value(target, 'haproxy_backend_active_servers{proxy="app_demo"}') != "1":
         assert time.monotonic() < deadline, "the app did not come back"
         time.sleep(2)
 
