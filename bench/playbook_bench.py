@@ -24,7 +24,6 @@ ansible.posix.json callback, which is what profile_tasks shows).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import statistics
@@ -32,6 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
+
+from httpcheck import version_at
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 PORT = int(os.environ.get("ONEBOX_LOCAL_HTTP_PORT", "8080"))
@@ -40,15 +42,7 @@ HOST = "demo.localhost"
 
 def ask():
     """The version /health names, or None for any failure."""
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=2)
-        conn.request("GET", "/health", headers={"Host": HOST})
-        resp = conn.getresponse()
-        body = resp.read()
-        conn.close()
-        return json.loads(body).get("version") if resp.status == 200 else None
-    except (OSError, http.client.HTTPException, ValueError):
-        return None
+    return version_at(PORT, "/health", HOST)
 
 
 class Probe(threading.Thread):
@@ -101,9 +95,8 @@ def steps(out):
 
 
 def _stamp(text):
-    # "2026-11-23T12:41:11.123456Z"
-    head, _sep, frac = text.rstrip("Z").partition(".")
-    return time.mktime(time.strptime(head, "%Y-%m-%dT%H:%M:%S")) + float(f"0.{frac or 0}")
+    """The callback's ISO 8601 time (UTC, Z) as Unix time."""
+    return datetime.fromisoformat(text).timestamp()
 
 
 def changed(out):

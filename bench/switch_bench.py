@@ -37,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from conftest import COLLECTIONS, run_module  # noqa: E402
+from httpcheck import version_at  # noqa: E402
 
 sys.path.insert(0, COLLECTIONS)
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient  # noqa: E402
@@ -82,20 +83,9 @@ class Load:
         if delay > 0:
             time.sleep(delay)
         start = time.monotonic()
-        ok, version = False, None
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", FRONT, timeout=10)
-            conn.request("GET", "/")
-            resp = conn.getresponse()
-            body = resp.read()
-            conn.close()
-            if resp.status == 200:
-                version = json.loads(body)["version"]
-                ok = True
-        except (OSError, ValueError, http.client.HTTPException):
-            pass
+        version = version_at(FRONT, "/", timeout=10)
         with self.lock:
-            self.results.append((start, time.monotonic(), ok, version))
+            self.results.append((start, time.monotonic(), version is not None, version))
 
     def run(self):
         t0 = time.monotonic() + 0.2
