@@ -32,38 +32,58 @@ build_base() {
   rm -rf "$root"
 }
 
+# Shaped like the official postgres image (docker-library): no USER, so
+# `docker exec` runs as root, as users get it; root runs the entrypoint,
+# which initialises the cluster and steps down to postgres with gosu;
+# SIGINT stops it (fast shutdown). PG_REV: bump when the image changes.
+PG_REV=2
 build_postgres() {
-  have local/postgres:15 && return 0
+  [ "$(docker image inspect -f '{{index .Config.Labels "onebox_postgres_rev"}}' local/postgres:15 2>/dev/null)" = "$PG_REV" ] &&
+    return 0
+  rm -f .cache/images/postgres-15.tar
   local ctx; ctx=$(mktemp -d)
   cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $BASE
-RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 \
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 gosu \
  && rm -rf /var/lib/apt/lists/*
 ENV PATH=/usr/lib/postgresql/15/bin:\$PATH PGDATA=/var/lib/postgresql/data
-COPY entrypoint.sh /usr/local/bin/entrypoint.sh
-# A named volume mounted here copies this directory's owner: postgres.
-RUN install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data
-USER postgres
-HEALTHCHECK --interval=2s --timeout=3s --retries=15 CMD pg_isready -q -h 127.0.0.1 || exit 1
-CMD ["/usr/local/bin/entrypoint.sh"]
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+RUN install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
+ && install -d -o postgres -g postgres -m 2777 /var/run/postgresql
+LABEL onebox_postgres_rev=$PG_REV
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=2s --timeout=3s --retries=15 CMD pg_isready -q -h 127.0.0.1 -U postgres || exit 1
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+CMD ["postgres"]
 DOCKERFILE
-  cat >"$ctx/entrypoint.sh" <<'ENTRY'
+  cat >"$ctx/docker-entrypoint.sh" <<'ENTRY'
 #!/bin/sh
-# Minimal stand-in for the official image's entrypoint: initialise once,
-# set the superuser password from POSTGRES_PASSWORD, listen on all addresses.
+# Like the official entrypoint: as root, fix the data directory's owner and
+# run again as postgres; as postgres, initialise once (superuser
+# POSTGRES_USER with POSTGRES_PASSWORD, POSTGRES_DB), trust on the local
+# socket, scram-sha-256 over TCP, then exec the server.
 set -e
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
-  pw=$(mktemp); printf '%s' "${POSTGRES_PASSWORD:-postgres}" >"$pw"
-  initdb -U postgres --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
-  rm -f "$pw"
-  echo "host all all 0.0.0.0/0 scram-sha-256" >>"$PGDATA/pg_hba.conf"
-  [ -n "${POSTGRES_DB:-}" ] && postgres --single -D "$PGDATA" postgres <<SQL >/dev/null
-CREATE DATABASE "$POSTGRES_DB";
-SQL
+if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
+  mkdir -p "$PGDATA" && chown -R postgres:postgres "$PGDATA" && chmod 700 "$PGDATA"
+  exec gosu postgres "$0" "$@"
 fi
-exec postgres -D "$PGDATA" -c listen_addresses='*'
+if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
+  pw=$(mktemp); printf '%s' "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}" >"$pw"
+  initdb -U "${POSTGRES_USER:-postgres}" --pwfile="$pw" --auth-local=trust --auth-host=scram-sha-256 -D "$PGDATA" >/dev/null
+  rm -f "$pw"
+  echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+  db=${POSTGRES_DB:-${POSTGRES_USER:-postgres}}
+  if [ "$db" != postgres ]; then
+    echo "CREATE DATABASE \"$db\";" | postgres --single -D "$PGDATA" postgres >/dev/null
+  fi
+fi
+if [ "$1" = postgres ]; then
+  shift
+  exec postgres -D "$PGDATA" -c listen_addresses='*' "$@"
+fi
+exec "$@"
 ENTRY
-  chmod +x "$ctx/entrypoint.sh"
+  chmod +x "$ctx/docker-entrypoint.sh"
   docker build -q -t local/postgres:15 "$ctx" >/dev/null
   rm -rf "$ctx"
 }

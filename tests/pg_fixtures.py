@@ -146,7 +146,24 @@ class Container:
 
     def psql(self, sql, db="postgres"):
         out = subprocess.run(
-            ["docker", "exec", "-i", self.name, "psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+            [
+                "docker",
+                "exec",
+                "-i",
+                self.name,
+                "psql",
+                "-U",
+                "postgres",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ],
             capture_output=True,
             text=True,
             check=True,

@@ -15,8 +15,11 @@ options:
     description: Server port.
     type: int
   user:
-    description: Role to connect as.
+    description:
+      - Role to connect as. Always sent, because C(docker exec) into the official C(postgres) image runs as
+        root, and libpq would otherwise ask for a role named after that OS user.
     type: str
+    default: postgres
   password:
     description: Password of O(user). Passed to the tools in the environment only, never on a command line.
     type: str

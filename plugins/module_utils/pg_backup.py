@@ -461,12 +461,17 @@ class PgRunner:
         return int(m.group(1)) if m else 0
 
 
+# The role libpq connects as when none is given: the official postgres
+# image has no USER, so `docker exec` runs as root and libpq would ask for
+# role "root", which does not exist there.
+DEFAULT_USER = "postgres"
+
 # Connection options shared by the pg_backup and pg_restore modules
 # (documented in the onebox.platform.postgres doc fragment).
 CONNECTION_ARGS = dict(
     host=dict(type="str"),
     port=dict(type="int"),
-    user=dict(type="str"),
+    user=dict(type="str", default=DEFAULT_USER),
     password=dict(type="str", no_log=True),
     container=dict(type="str"),
     container_user=dict(type="str"),
@@ -474,17 +479,78 @@ CONNECTION_ARGS = dict(
     bin_dir=dict(type="path"),
 )
 
+RETENTION_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
+
+# Every option of a backup run, with its one default: the pg_backup module's
+# argument spec, and the keys (and defaults) of the backup role's job file
+# that onebox-pg-backup reads. Changed here, it changes for both.
+BACKUP_ARGS = dict(
+    **CONNECTION_ARGS,
+    backup_dir=dict(type="path", required=True),
+    dbname=dict(type="str", required=True),
+    format=dict(type="str", default="custom", choices=["custom", "directory", "plain"]),
+    compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "lz4", "none"]),
+    compression_level=dict(type="int"),
+    jobs=dict(type="int", default=1),
+    globals=dict(type="bool", default=False),
+    extra_args=dict(type="list", elements="str", default=[]),
+    name_prefix=dict(type="str", default=""),
+    **{key: dict(type="int", default=0) for key in RETENTION_KEYS},
+    # A deploy's backup that meets a scheduled one waits for it to finish.
+    lock_timeout=dict(type="float", default=600.0),
+)
+
+
+def params_with_defaults(given, spec=None):
+    """The options of ``spec`` (BACKUP_ARGS) from a dict such as a job file:
+    each given value that is not None, else the spec's default. Raises
+    BackupError naming a missing required option or a value not among its
+    choices, as the module's argument spec would."""
+    spec = BACKUP_ARGS if spec is None else spec
+    params = {}
+    for key, opt in spec.items():
+        value = given.get(key)
+        if value is None:
+            if opt.get("required"):
+                raise BackupError(f"option {key} is required")
+            value = opt.get("default")
+        if value is not None and "choices" in opt and value not in opt["choices"]:
+            raise BackupError(f"{key} must be one of {', '.join(opt['choices'])}, not {value!r}")
+        params[key] = value
+    return params
+
 
 def runner_from_params(params):
     return PgRunner(
         host=params["host"],
         port=params["port"],
-        user=params["user"],
+        user=params["user"] or DEFAULT_USER,
         password=params["password"],
         container=params["container"],
         docker=params["docker_bin"],
         bin_dir=params["bin_dir"],
         container_user=params["container_user"],
+    )
+
+
+def backup_from_params(params):
+    """The Backup a set of BACKUP_ARGS options describes (module and program alike)."""
+    for key in (*RETENTION_KEYS, "jobs"):
+        if params[key] < 0:
+            raise BackupError(f"{key} must not be negative, got {params[key]}")
+    return Backup(
+        runner_from_params(params),
+        params["backup_dir"],
+        params["dbname"],
+        fmt=params["format"],
+        compression=params["compression"],
+        compression_level=params["compression_level"],
+        jobs=params["jobs"],
+        prefix=params["name_prefix"],
+        globals_too=params["globals"],
+        extra_args=params["extra_args"],
+        lock_timeout=params["lock_timeout"],
+        retention={k: int(params[k]) for k in RETENTION_KEYS},
     )
 
 
@@ -512,7 +578,7 @@ class Backup:
         prefix="",
         globals_too=False,
         extra_args=(),
-        lock_timeout=60.0,
+        lock_timeout=BACKUP_ARGS["lock_timeout"]["default"],
         retention=None,
         now=None,
     ):

@@ -94,9 +94,11 @@ options:
     type: int
     default: 0
   lock_timeout:
-    description: Seconds to wait for another backup or restore in O(backup_dir) to finish.
+    description:
+      - Seconds to wait for another backup or restore in O(backup_dir) to finish (a deploy's backup
+        that meets a scheduled one waits for it).
     type: float
-    default: 60
+    default: 600
 extends_documentation_fragment:
   - onebox.platform.postgres
 notes:
@@ -187,11 +189,10 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import (
-    CONNECTION_ARGS,
-    Backup,
+    BACKUP_ARGS,
     BackupError,
+    backup_from_params,
     list_backups,
-    runner_from_params,
 )
 
 
@@ -200,48 +201,11 @@ def listing(names):
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            **CONNECTION_ARGS,
-            backup_dir=dict(type="path", required=True),
-            dbname=dict(type="str", required=True),
-            format=dict(type="str", default="custom", choices=["custom", "directory", "plain"]),
-            compression=dict(type="str", default="gzip", choices=["gzip", "zstd", "lz4", "none"]),
-            compression_level=dict(type="int"),
-            jobs=dict(type="int", default=1),
-            globals=dict(type="bool", default=False),
-            extra_args=dict(type="list", elements="str", default=[]),
-            name_prefix=dict(type="str", default=""),
-            keep_last=dict(type="int", default=0),
-            keep_hourly=dict(type="int", default=0),
-            keep_daily=dict(type="int", default=0),
-            keep_weekly=dict(type="int", default=0),
-            keep_monthly=dict(type="int", default=0),
-            lock_timeout=dict(type="float", default=60.0),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=BACKUP_ARGS, supports_check_mode=True)
     p = module.params
-    for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "jobs"):
-        if p[key] < 0:
-            module.fail_json(msg=f"{key} must not be negative, got {p[key]}")
-    runner = runner_from_params(p)
-    backup = Backup(
-        runner,
-        p["backup_dir"],
-        p["dbname"],
-        fmt=p["format"],
-        compression=p["compression"],
-        compression_level=p["compression_level"],
-        jobs=p["jobs"],
-        prefix=p["name_prefix"],
-        globals_too=p["globals"],
-        extra_args=p["extra_args"],
-        lock_timeout=p["lock_timeout"],
-        retention={k: p[k] for k in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")},
-    )
     t0 = time.monotonic()
     try:
+        backup = backup_from_params(p)
         if module.check_mode:
             plan = backup.plan()
             diff = dict(before=listing(plan["before"]), after=listing(plan["kept"]))

@@ -139,6 +139,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import (
+    BACKUP_ARGS,
     CONNECTION_ARGS,
     BackupError,
     Restore,
@@ -162,7 +163,7 @@ def main():
             single_transaction=dict(type="bool", default=True),
             jobs=dict(type="int", default=1),
             no_owner=dict(type="bool", default=False),
-            lock_timeout=dict(type="float", default=60.0),
+            lock_timeout=BACKUP_ARGS["lock_timeout"],
         ),
         required_one_of=[("path", "backup_dir")],
         mutually_exclusive=[("path", "backup_dir")],

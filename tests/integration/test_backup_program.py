@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.onebox.platform.plugins.module_utils import pg_backup as engine
 from conftest import ROOT
 
 PROGRAM = os.path.join(ROOT, "roles", "backup", "files", "onebox_pg_backup.py")
@@ -160,3 +161,41 @@ def test_failed_offsite_copy_keeps_the_local_backup(tmp_path, cluster, appdb):
     m = metrics(tmp_path / "m")
     assert m["onebox_backup_offsite_last_run_success"] == 0 and m["onebox_backup_last_run_success"] == 1
     assert len(names(tmp_path / "b")) == 2
+
+
+def test_timer_job_in_an_official_shaped_container_connects_as_postgres(tmp_path, pg_container, containerdb):
+    """The job file the backup role writes for a container names no user when
+    none is set; `docker exec` runs as root there, so the program must send
+    the default role (postgres), for the backup and for the drill."""
+    (tmp_path / "b").mkdir()
+    cfg = tmp_path / "job.json"
+    cfg.write_text(
+        json.dumps(
+            dict(
+                job="nightly",
+                dbname=containerdb,
+                container=pg_container.name,
+                backup_dir=str(tmp_path / "b"),
+                metrics_dir=str(tmp_path / "m"),
+                state_dir=str(tmp_path / "s"),
+            )
+        )
+    )
+    rc, out = run("backup", cfg)
+    assert rc == 0, out
+    rc, out = run("drill", cfg)
+    assert rc == 0, out
+    assert metrics(tmp_path / "m")["onebox_backup_restore_drill_success"] == 1
+
+
+def test_job_file_keys_are_the_module_options_or_the_programs_own():
+    """One mapping: every key the role's job.json template writes is either a
+    pg_backup option (engine.BACKUP_ARGS, same defaults as the module) or one
+    the program alone reads."""
+    template = os.path.join(ROOT, "roles", "backup", "templates", "job.json.j2")
+    with open(template) as fh:
+        keys = set(re.findall(r'^\s*"(\w+)":', fh.read(), re.M))
+    own = {"job", "metrics_dir", "state_dir", "drill_query", "max_age"} | {k for k in keys if k.startswith("offsite_")}
+    assert keys - own <= set(engine.BACKUP_ARGS), keys - own - set(engine.BACKUP_ARGS)
+    assert engine.params_with_defaults({"backup_dir": "/x", "dbname": "d"})["lock_timeout"] == 600
+    assert engine.params_with_defaults({"backup_dir": "/x", "dbname": "d"})["user"] == "postgres"

@@ -406,3 +406,20 @@ def test_bad_backup_input(cluster, appdb, tmp_path, args, message):
     rc, res = backup(cluster, tmp_path, appdb, **args)
     assert rc == 1 and message in res["msg"]
     assert [e for e in entries(tmp_path) if e != ".onebox-backup.lock"] == []
+
+
+def test_the_container_is_shaped_like_the_official_image(pg_container):
+    """`docker exec` runs as root there, as in the official postgres image:
+    a fixture with USER postgres would hide a missing user (role "root")."""
+    who = subprocess.run(
+        ["docker", "exec", pg_container.name, "id", "-un"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert who == "root"
+    # libpq left to itself asks for role "root", which does not exist there.
+    bare = subprocess.run(
+        ["docker", "exec", pg_container.name, "psql", "-X", "-c", "SELECT 1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bare.returncode != 0 and 'role "root" does not exist' in bare.stderr

@@ -55,7 +55,9 @@ def play(name, *extra):
 
 
 def psql(target, sql, db="shop"):
-    return target.check_output(f'docker exec -i shop-postgres psql -X -A -t -v ON_ERROR_STOP=1 -d {db} -c "{sql}"')
+    return target.check_output(
+        f'docker exec -i shop-postgres psql -U postgres -X -A -t -v ON_ERROR_STOP=1 -d {db} -c "{sql}"'
+    )
 
 
 def metrics(target):

@@ -36,8 +36,6 @@ sys.path.insert(0, LIB)
 
 import pg_backup as engine  # noqa: E402  (installed beside this program)
 
-RETENTION_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly")
-
 
 def load_config(path):
     try:
@@ -52,11 +50,14 @@ def load_config(path):
     return cfg
 
 
-def runner(cfg):
-    """The job file uses the pg_backup module's connection option names."""
-    params = {key: cfg.get(key) for key in engine.CONNECTION_ARGS}
-    params["docker_bin"] = cfg.get("docker_bin") or "docker"
-    return engine.runner_from_params(params)
+def options(cfg):
+    """The job file's pg_backup options with the module's defaults: one mapping
+    (engine.BACKUP_ARGS) for the module and this program."""
+    try:
+        return engine.params_with_defaults(cfg)
+    except engine.BackupError as exc:
+        print(f"onebox-pg-backup: bad job file for {cfg['job']}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_state(cfg):
@@ -115,20 +116,11 @@ def write_metrics(cfg, state):
 
 def do_backup(cfg):
     state_path, state = load_state(cfg)
-    job = engine.Backup(
-        runner(cfg),
-        cfg["backup_dir"],
-        cfg["dbname"],
-        fmt=cfg.get("format", "custom"),
-        compression=cfg.get("compression", "gzip"),
-        compression_level=cfg.get("compression_level"),
-        jobs=cfg.get("jobs", 1),
-        prefix=cfg.get("name_prefix", ""),
-        globals_too=cfg.get("globals", False),
-        extra_args=cfg.get("extra_args", []),
-        lock_timeout=cfg.get("lock_timeout", 600),
-        retention={k: int(cfg.get(k, 0)) for k in RETENTION_KEYS},
-    )
+    try:
+        job = engine.backup_from_params(options(cfg))
+    except engine.BackupError as exc:
+        print(f"onebox-pg-backup: bad job file for {cfg['job']}: {exc}", file=sys.stderr)
+        return 2
     try:
         out = job.run()
     except (engine.BackupError, OSError) as exc:
@@ -228,10 +220,11 @@ def do_drill(cfg):
     """Restore the newest backup into a scratch database and check it."""
     state_path, state = load_state(cfg)
     scratch = cfg.get("drill_db", f"{cfg['dbname']}_restore_drill")
-    run = runner(cfg)
+    run = engine.runner_from_params(options(cfg))
     ok = 0
     try:
-        path = engine.latest_backup(cfg["backup_dir"], cfg.get("name_prefix", ""), cfg["dbname"])
+        opts = options(cfg)
+        path = engine.latest_backup(opts["backup_dir"], opts["name_prefix"], opts["dbname"])
         run.psql_value(f"DROP DATABASE IF EXISTS {engine.quote_ident(scratch)}")
         out = engine.Restore(run, path, scratch, create=True, lock_dir=cfg["backup_dir"]).run()
         # Default: the restored copy answers. Set drill_query to check your data
