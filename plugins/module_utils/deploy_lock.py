@@ -53,9 +53,49 @@ def describe(holder):
         text += f" deploying {holder['version']}"
     if holder.get("message"):
         text += f" ({holder['message']})"
-    if holder.get("host"):
-        text += f" from {holder['host']}"
+    if holder.get("controller"):
+        text += f" from {holder['controller']} (pid {holder.get('pid', '?')})"
+    elif holder.get("host"):
+        text += f" on {holder['host']}"
     return text
+
+
+def liveness(holder, here=None, proc="/proc"):
+    """Whether the run holding the lock still runs, seen from THIS controller:
+    'alive' (its ansible process is still there), 'gone' (it was started here
+    and its process has ended) or 'unknown' (it was started on another
+    machine, or recorded no process)."""
+    controller, pid = holder.get("controller"), holder.get("pid")
+    if not controller or not pid or controller != (here or socket.gethostname()):
+        return "unknown"
+    try:
+        with open(os.path.join(proc, str(int(pid)), "cmdline"), "rb") as fh:
+            cmdline = fh.read().replace(b"\0", b" ")
+    except (OSError, ValueError):
+        return "gone"
+    # A PID the system gave to something else since is not our run.
+    return "alive" if b"ansible" in cmdline else "gone"
+
+
+def refusal(path, holder, waited, state):
+    """What a refused run is told, by whether the holder still runs."""
+    text = f"deploy lock {path} is held by {describe(holder)}; waited {waited:g} s."
+    if state == "alive":
+        return (
+            f"{text} That run is still going (pid {holder.get('pid')} on {holder.get('controller')}): wait for it "
+            "to finish (app_lock_wait), or stop it first. Breaking the lock of a live run would let two deploys race."
+        )
+    if state == "gone":
+        return (
+            f"{text} That run has ended without releasing it (pid {holder.get('pid')} is gone from "
+            f"{holder.get('controller')}): run again with the lock broken explicitly (deploy_break_lock=true)."
+        )
+    where = f"on {holder['controller']}, another machine" if holder.get("controller") else "by an unknown process"
+    return (
+        f"{text} It was taken {where}, so whether that run still goes cannot be checked from here: if you "
+        "know it has ended (a cancelled CI job, a closed laptop), run again with deploy_break_lock=true; "
+        "otherwise wait for it."
+    )
 
 
 def acquire(
@@ -66,11 +106,18 @@ def acquire(
     wait=0.0,
     break_stale=False,
     stale_after=3600.0,
+    break_id=None,
+    controller="",
+    pid=0,
     poll=0.5,
     clock=time.monotonic,
     sleep=time.sleep,
 ):
-    """Take the lock or raise LockError. Returns (holder dict, waited s, broke)."""
+    """Take the lock or raise LockError. Returns (holder dict, waited s, broke).
+
+    A held lock is broken only when asked: ``break_id`` names the very holder
+    to break (its public id, after the caller checked that its run is gone),
+    or ``break_stale`` with a holder older than ``stale_after``."""
     parent = os.path.dirname(path.rstrip("/"))
     if not os.path.isdir(parent):
         os.makedirs(parent, mode=0o755, exist_ok=True)
@@ -84,7 +131,8 @@ def acquire(
             holder = read_holder(path)
             if holder is None:
                 continue  # released between mkdir and read: try again
-            if break_stale and age_seconds(holder) >= stale_after:
+            named = break_id and holder.get("id") == break_id
+            if named or (break_stale and age_seconds(holder) >= stale_after):
                 shutil.rmtree(path, ignore_errors=True)
                 broke = holder
                 continue
@@ -103,7 +151,10 @@ def acquire(
         "version": version,
         "message": message,
         "host": socket.gethostname(),
+        "controller": controller,
+        "pid": int(pid or 0),
         "since": now_utc().isoformat(timespec="seconds"),
+        "id": uuid.uuid4().hex[:12],
         "token": uuid.uuid4().hex,
     }
     tmp = os.path.join(path, f".{INFO}.tmp")

@@ -13,8 +13,13 @@ description:
   - The lock is a directory created atomically with C(mkdir), holding a C(holder.json) that says who
     holds it, since when, for which version and why.
   - A second deploy waits up to O(wait) seconds, then fails naming the holder.
-  - A stale lock (older than O(stale_after)) is broken only when O(break_stale=true) is given; a dead
-    deploy never silently lets another one in.
+  - The holder records the controller it runs on and the PID of its C(ansible-playbook) process. When the
+    lock is held, the action side of this module checks on the controller whether that run still goes, and
+    says so; it names the fix (wait, or C(deploy_break_lock=true)) that fits.
+  - With O(break_stale=true) a held lock is broken only when its run is gone (started on this controller,
+    its process ended), cannot be checked (started on another machine: a warning says so), or is older
+    than O(stale_after). The lock of a run that is still alive is never broken. A dead deploy never
+    silently lets another one in.
   - Released with O(state=absent); with O(token) only if this run still holds it.
 author:
   - onebox.platform developers (@onebox)
@@ -52,6 +57,19 @@ options:
     description: Age in seconds after which a lock counts as stale.
     type: float
     default: 3600
+  break_id:
+    description:
+      - Break the lock only if its holder has this public id (RV(holder.id)); set by the action side after it
+        found that holder's run gone, so a lock taken again meanwhile is not broken.
+    type: str
+  controller:
+    description: Host name of the controller taking the lock; the action side sets it.
+    type: str
+    default: ""
+  controller_pid:
+    description: PID of the C(ansible-playbook) process taking the lock; the action side sets it.
+    type: int
+    default: 0
   token:
     description: With O(state=absent), release only if the lock still carries this token.
     type: str
@@ -90,7 +108,21 @@ holder:
     - The token is returned only to the run that took the lock.
   returned: always
   type: dict
-  sample: {owner: alice, version: v42, message: hotfix, host: web1, since: "2026-11-23T10:15:00+00:00", token: 3f2a}
+  sample:
+    owner: alice
+    version: v42
+    message: hotfix
+    host: web1
+    controller: laptop
+    pid: 4242
+    since: "2026-11-23T10:15:00+00:00"
+    id: 9c1e2d3f4a5b
+    token: 3f2a
+holder_run:
+  description: When the lock was held by another run, whether that run still goes, seen from the controller.
+  returned: when refused
+  type: str
+  sample: gone
 waited:
   description: Seconds spent waiting.
   returned: state=present
@@ -105,6 +137,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.deploy_lock import (
     LockError,
     acquire,
+    describe,
     read_holder,
     release,
 )
@@ -127,6 +160,9 @@ def main():
             wait=dict(type="float", default=0.0),
             break_stale=dict(type="bool", default=False),
             stale_after=dict(type="float", default=3600.0),
+            break_id=dict(type="str"),
+            controller=dict(type="str", default=""),
+            controller_pid=dict(type="int", default=0),
             token=dict(type="str", no_log=False),
         ),
         supports_check_mode=True,
@@ -152,10 +188,13 @@ def main():
             wait=p["wait"],
             break_stale=p["break_stale"],
             stale_after=p["stale_after"],
+            break_id=p["break_id"],
+            controller=p["controller"],
+            pid=p["controller_pid"],
         )
         if broke:
-            module.warn(f"broke a stale deploy lock held by {broke.get('owner')} since {broke.get('since')}")
-        module.exit_json(changed=True, holder=holder, waited=waited, broke_stale=broke or {})
+            module.warn(f"broke a stale deploy lock held by {describe(broke)}")
+        module.exit_json(changed=True, holder=holder, waited=waited, broke_stale=public(broke))
     except LockError as exc:
         module.fail_json(msg=str(exc), holder=public(read_holder(p["path"])))
     except OSError as exc:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 
-from conftest import run_module
+from conftest import COLLECTIONS, run_module
 
 
 def lock(path, **kw):
@@ -78,3 +81,83 @@ def test_check_mode_changes_nothing(tmp_path):
     path = tmp_path / "deploy.lock"
     rc, res = run_module("deploy_lock", dict(path=str(path), owner="x"), check=True)
     assert rc == 0 and res["changed"] and not path.exists()
+
+
+# --- the controller side (action plugin): is the holder's run alive? ---------------
+
+
+def ansible_lock(path, **kw):
+    """Run the module as a playbook task does: through its action plugin."""
+    args = " ".join(f"{k}={v}" for k, v in dict(path=str(path), **kw).items())
+    proc = subprocess.run(
+        ["ansible", "localhost", "-c", "local", "-m", "onebox.platform.deploy_lock", "-a", args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1"),
+    )
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+def held_by(path, pid, controller=None):
+    os.mkdir(path)
+    (path / "holder.json").write_text(
+        json.dumps(
+            {
+                "owner": "carol",
+                "version": "v7",
+                "since": "2026-11-24T10:00:00+00:00",
+                "controller": controller or socket.gethostname(),
+                "pid": pid,
+                "id": "abc123",
+                "token": "secret-token",
+            }
+        )
+    )
+
+
+def test_taking_the_lock_records_the_controller_and_its_process(tmp_path):
+    path = tmp_path / "deploy.lock"
+    rc, out = ansible_lock(path, owner="dave")
+    assert rc == 0, out
+    holder = json.loads((path / "holder.json").read_text())
+    assert holder["controller"] == socket.gethostname() and holder["pid"] > 1 and holder["id"]
+
+
+def test_a_live_holder_is_never_broken(tmp_path):
+    path = tmp_path / "deploy.lock"
+    # A process that looks like a running ansible-playbook.
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ansible-playbook"])
+    try:
+        held_by(path, alive.pid)
+        rc, out = ansible_lock(path, owner="erin", break_stale="true")
+        assert rc != 0
+        assert "held by carol" in out and "still going" in out and "NOT broken" in out, out
+        assert json.loads((path / "holder.json").read_text())["id"] == "abc123"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_gone_holder_is_named_and_broken_only_when_asked(tmp_path):
+    path = tmp_path / "deploy.lock"
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    held_by(path, int(ended.stdout))
+    rc, out = ansible_lock(path, owner="erin")
+    assert rc != 0 and "has ended" in out and "deploy_break_lock=true" in out, out
+    assert path.exists()
+    rc, out = ansible_lock(path, owner="erin", break_stale="true")
+    assert rc == 0, out
+    assert "broke a stale deploy lock held by carol" in out
+    assert "secret-token" not in out, "the broken holder's token was shown"
+    assert json.loads((path / "holder.json").read_text())["owner"] == "erin"
+
+
+def test_a_holder_on_another_machine_is_said_to_be_unverifiable(tmp_path):
+    path = tmp_path / "deploy.lock"
+    held_by(path, 4242, controller="ci-runner-7")
+    rc, out = ansible_lock(path, owner="erin")
+    assert rc != 0 and "ci-runner-7, another machine" in out and "cannot be checked" in out, out
+    rc, out = ansible_lock(path, owner="erin", break_stale="true")
+    assert rc == 0 and "could not be checked" in out, out
