@@ -12,7 +12,7 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
-REV=2
+REV=3
 for v in v1 v2 v3 v4; do
   tar=.cache/images/demo-$v.tar
   # REV: bump when the image changes, so an older build is replaced.
@@ -22,9 +22,23 @@ for v in v1 v2 v3 v4; do
   chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
   cp "$BUSYBOX" "$root/bin/busybox"
-  for a in sh httpd wget sleep rm cat echo date; do ln -s busybox "$root/bin/$a"; done
+  for a in sh httpd wget sleep rm cat echo date printf; do ln -s busybox "$root/bin/$a"; done
   printf '{"version": "%s", "app": "onebox-demo"}\n' "$v" >"$root/www/index.html"
   [ "$v" = v3 ] || printf '{"version": "%s", "status": "ok"}\n' "$v" >"$root/www/health"
+  # /cgi-bin/headers: what the proxy told the app; /cgi-bin/slow?N: answers after N seconds.
+  mkdir -p "$root/www/cgi-bin"
+  cat >"$root/www/cgi-bin/headers" <<'CGI'
+#!/bin/sh
+printf 'Content-Type: application/json\r\n\r\n'
+printf '{"x_forwarded_for": "%s", "x_forwarded_proto": "%s", "remote_addr": "%s"}\n' \
+  "$HTTP_X_FORWARDED_FOR" "$HTTP_X_FORWARDED_PROTO" "$REMOTE_ADDR"
+CGI
+  cat >"$root/www/cgi-bin/slow" <<CGI
+#!/bin/sh
+sleep "\${QUERY_STRING:-1}"
+printf 'Content-Type: application/json\r\n\r\n{"version": "$v", "slept": "%s"}\n' "\$QUERY_STRING"
+CGI
+  chmod 755 "$root/www/cgi-bin/headers" "$root/www/cgi-bin/slow"
   cat >"$root/start.sh" <<'START'
 #!/bin/sh
 # Serve /www on 8080. DEMO_FAIL_AFTER: remove /health after that many seconds.

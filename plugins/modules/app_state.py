@@ -16,6 +16,8 @@ description:
     the version in its C(onebox_version) label.
   - From O(history), the app's release history (one JSON object per line, as the
     M(onebox.platform.app) role writes it).
+  - RV(rollback_target) is the version a rollback without a named target goes back to: the newest release
+    before the live one, skipping releases a rollback has left (unless deployed again since).
   - The live colour is the first colour that HAProxy sends traffic to AND whose container runs; with
     none (a first deploy) it is empty and the idle colour is the first colour.
   - One module run instead of three (a backend query, a container query per colour, reading the
@@ -103,6 +105,14 @@ releases:
   type: list
   elements: dict
   sample: [{action: deploy, version: v2, colour: blue, time: "2026-11-23T12:00:00Z"}]
+rollback_target:
+  description:
+    - The version C(rollback.yml) goes back to when none is named; empty when the history has none.
+    - The newest release other than the live colour's version, skipping versions a rollback has left and
+      that no deploy brought back since, so rolling back twice never rolls forward.
+  returned: success
+  type: str
+  sample: v41
 """
 
 import json
@@ -115,6 +125,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     describe_servers,
     live_servers,
 )
+from ansible_collections.onebox.platform.plugins.module_utils.releases import rollback_target
 
 
 def containers(module, names):
@@ -188,13 +199,15 @@ def main():
     colours = {colour: colour_info(name, found.get(name)) for colour, name in names.items()}
     live = next((c for c in p["colours"] if c in active and colours[c]["running"]), "")
     idle = next(c for c in p["colours"] if c != live)
+    releases = read_history(module, p["history"])
     module.exit_json(
         changed=False,
         live_colour=live,
         idle_colour=idle,
         haproxy_active=active,
         colours=colours,
-        releases=read_history(module, p["history"]),
+        releases=releases,
+        rollback_target=rollback_target(releases, colours[live]["version"] if live else ""),
     )
 
 

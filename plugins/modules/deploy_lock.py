@@ -17,7 +17,7 @@ description:
     lock is held, the action side of this module checks on the controller whether that run still goes, and
     says so; it names the fix (wait, or C(deploy_break_lock=true)) that fits.
   - With O(break_stale=true) a held lock is broken only when its run is gone (started on this controller,
-    its process ended), cannot be checked (started on another machine: a warning says so), or is older
+    its process ended), cannot be checked (started on another machine; a warning says so), or is older
     than O(stale_after). The lock of a run that is still alive is never broken. A dead deploy never
     silently lets another one in.
   - Released with O(state=absent); with O(token) only if this run still holds it.

@@ -183,7 +183,10 @@ def test_restore_round_trips_row_counts(target):
     assert psql(target, "SELECT count(*) FROM orders") == "34"
     # Into the live database: refused without the confirmation...
     rc, out = play("restore.yml", "-e", "restore_into_live=true")
-    assert rc != 0 and "database shop is live" in out and "confirm_overwrite" in out
+    assert rc != 0 and "shop is the live database of shop" in out and "restore_confirm=true" in out
+    # ...also when the live database is named as the target.
+    rc, out = play("restore.yml", "-e", "restore_target=shop")
+    assert rc != 0 and "shop is the live database of shop" in out, out[-2000:]
     assert psql(target, "SELECT count(*) FROM orders") == "34"
     # ...done with it.
     rc, out = play("restore.yml", "-e", "restore_into_live=true", "-e", "restore_confirm=true")

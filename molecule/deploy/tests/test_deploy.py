@@ -203,9 +203,18 @@ def test_rollback_redeploys_the_previous_release(base_url, target):
     assert only_version(base_url) == {"v1"}
 
 
+def test_rolling_back_twice_does_not_roll_forward(base_url):
+    """v2 was rolled back (to v1): a second plain rollback must not bring v2
+    back; it is refused, naming how to choose a release."""
+    rc, out, _s = play("rollback.yml")
+    assert rc != 0
+    assert "no release before v1 that was not itself rolled back" in out and "rollback_to=VERSION" in out
+    assert only_version(base_url) == {"v1"}
+
+
 def test_rollback_to_the_standby_colour_is_one_switch(base_url, target):
     with Load(base_url) as load:
-        rc, out, seconds = play("rollback.yml")
+        rc, out, seconds = play("rollback.yml", "-e", "rollback_to=v2")
     last = releases(target)[-1]
     record("rollback v1->v2 (standby)", load, seconds, rc, {"switch_ms": last["switch_ms"]})
     assert rc == 0, out[-3000:]
@@ -314,3 +323,18 @@ def test_maintenance_mode_serves_the_page_and_comes_back(base_url):
     rc, out, _s = play("maintenance.yml", "-e", "maintenance=off")
     assert rc == 0, out[-3000:]
     assert only_version(base_url) == {"v1"}
+
+
+def test_a_failing_post_deploy_hook_leaves_the_release_live_with_a_warning(base_url, target, tmp_path):
+    """The switch happened and was verified: a hook (or image prune) that
+    fails afterwards is a warning, not a FAILED deploy (the webhook and the
+    exit code used to say FAILED while the new version served)."""
+    hook = tmp_path / "post.yml"
+    hook.write_text("- name: A post-deploy step that fails\n  ansible.builtin.fail:\n    msg: cache warm-up failed\n")
+    rc, out, _s = play("deploy.yml", "-e", "app_version=v2", "-e", f"deploy_post_tasks={hook}")
+    assert rc == 0, out[-3000:]
+    assert "WARNING: demo v2 is live, but 'A post-deploy step that fails' failed after v2 went live" in out
+    assert "cache warm-up failed" in out
+    assert only_version(base_url) == {"v2"}
+    assert releases(target)[-1]["version"] == "v2"
+    assert "deploy-warning version=v2" in target.check_output("cat /var/lib/onebox/demo/audit.log")
