@@ -16,7 +16,7 @@ description:
     the version in its C(onebox_version) label.
   - From O(history), the app's release history (one JSON object per line, as the
     M(onebox.platform.app) role writes it).
-  - RV(rollback_target) is the version a rollback without a named target goes back to: the newest release
+  - RV(rollback_target) is the version a rollback without a named target goes back to, the newest release
     before the live one, skipping releases a rollback has left (unless deployed again since).
   - The live colour is the first colour that HAProxy sends traffic to AND whose container runs; with
     none (a first deploy) it is empty and the idle colour is the first colour.
