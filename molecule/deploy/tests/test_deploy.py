@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -150,6 +151,17 @@ def test_first_deploy_v1(base_url):
     assert rc == 0, out[-3000:]
     assert only_version(base_url) == {"v1"}
     print(f"first deploy: {seconds} s")
+
+
+def test_the_app_sees_the_client_address_not_a_forged_one(base_url):
+    """HAProxy sets X-Forwarded-For to the address it saw, replacing what the
+    client sent, and X-Forwarded-Proto to the scheme."""
+    req = urllib.request.Request(base_url + "/cgi-bin/headers", headers={"Host": HOST, "X-Forwarded-For": "6.6.6.6"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        seen = json.loads(resp.read())
+    assert "6.6.6.6" not in seen["x_forwarded_for"], seen
+    assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", seen["x_forwarded_for"]), seen
+    assert seen["x_forwarded_proto"] == "http"
 
 
 def test_deploy_v2_under_load_drops_nothing(base_url, target):
