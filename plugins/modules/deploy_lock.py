@@ -59,7 +59,7 @@ options:
     default: 3600
   break_id:
     description:
-      - Break the lock only if its holder has this public id (RV(holder.id)); set by the action side after it
+      - Break the lock only if its holder has this public id (C(id) in RV(holder)); set by the action side after it
         found that holder's run gone, so a lock taken again meanwhile is not broken.
     type: str
   controller:

@@ -65,9 +65,9 @@ options:
     type: bool
     default: false
   lock_timeout:
-    description: Seconds to wait for a backup running in the same directory.
+    description: Seconds to wait for a backup running in the same directory (a scheduled one takes seconds to minutes).
     type: float
-    default: 60
+    default: 600
 extends_documentation_fragment:
   - onebox.platform.postgres
 notes:

@@ -142,7 +142,9 @@ def test_a_live_holder_is_never_broken(tmp_path):
 
 def test_a_gone_holder_is_named_and_broken_only_when_asked(tmp_path):
     path = tmp_path / "deploy.lock"
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     held_by(path, int(ended.stdout))
     rc, out = ansible_lock(path, owner="erin")
     assert rc != 0 and "has ended" in out and "deploy_break_lock=true" in out, out

@@ -8,7 +8,14 @@ them) only."""
 from __future__ import annotations
 
 import pytest
-from test_deploy import play, target  # noqa: F401  (the shared fixture)
+import testinfra
+from test_deploy import TARGET, play
+
+
+@pytest.fixture(scope="module")
+def target():
+    return testinfra.get_host(f"docker://{TARGET}")
+
 
 SECRETS = {
     "postgres_password": "molecule-only-password",
@@ -34,7 +41,7 @@ def test_verbose_output_holds_no_secret(playbook, extra):
     assert not leaked, f"{playbook} -vvv printed {leaked}"
 
 
-def test_history_and_audit_log_hold_no_secret(target):  # noqa: F811
+def test_history_and_audit_log_hold_no_secret(target):
     for path in ("/var/lib/onebox/demo/releases.jsonl", "/var/lib/onebox/demo/audit.log"):
         text = target.check_output(f"cat {path}")
         leaked = [name for name, value in SECRETS.items() if value in text]
@@ -50,7 +57,7 @@ def test_history_and_audit_log_hold_no_secret(target):  # noqa: F811
         ("/etc/prometheus/alertmanager.yml", "prometheus"),
     ],
 )
-def test_files_with_secrets_are_readable_by_their_owner_only(target, path, owner):  # noqa: F811
+def test_files_with_secrets_are_readable_by_their_owner_only(target, path, owner):
     f = target.file(path)
     assert f.exists, path
     assert f.user == owner and f.mode & 0o077 == 0, f"{path}: {f.user}:{f.group} {oct(f.mode)}"
