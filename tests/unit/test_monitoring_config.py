@@ -134,7 +134,8 @@ def test_alertmanager_routes_to_email_slack_and_webhooks(rendered):
     path = rendered / "prometheus" / "alertmanager.yml"
     rc = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True, check=False)
     assert rc.returncode == 0, rc.stdout + rc.stderr
-    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    # It holds the SMTP password and webhook URLs: Alertmanager's user only.
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
     cfg = yaml.safe_load(path.read_text())
     (receiver,) = cfg["receivers"]
     assert cfg["route"]["receiver"] == receiver["name"]
