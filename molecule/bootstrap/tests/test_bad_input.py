@@ -71,3 +71,29 @@ def test_bad_input_fails_early_and_changes_nothing(target, role, extra_vars, mes
     assert "Nothing was changed" in out or "must be one of" in out
     assert "changed=0" in out, out[-2000:]
     assert target.check_output(WATCHED) == before
+
+
+@pytest.mark.parametrize(
+    "playbook,message",
+    [
+        ("backup.yml", "Backups are not set up on"),
+        ("restore.yml", "no backup was ever taken here"),
+    ],
+)
+def test_backup_playbooks_on_a_server_without_backups_say_how(playbook, message):
+    """Before: a raw "No such file or directory" for /usr/local/bin/onebox-pg-backup."""
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections", ANSIBLE_NOCOLOR="1")
+    res = subprocess.run(
+        ["ansible-playbook", "-i", inventory, f"{PROJECT}/playbooks/{playbook}", "-l", "onebox-bootstrap-target"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT,
+        timeout=300,
+    )
+    out = " ".join((res.stdout + res.stderr).split())
+    assert res.returncode != 0, out[-2000:]
+    assert message in out and "onebox_backups: true" in out and "site.yml" in out, out[-2000:]
+    assert "No such file or directory" not in out
