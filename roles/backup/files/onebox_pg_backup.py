@@ -50,11 +50,11 @@ def load_config(path):
     return cfg
 
 
-def options(cfg):
-    """The job file's pg_backup options with the module's defaults: one mapping
-    (engine.BACKUP_ARGS) for the module and this program."""
+def backup_job(cfg):
+    """The Backup the job file describes, through the pg_backup module's own
+    option mapping and defaults (engine.BACKUP_ARGS); exit 2 on a bad file."""
     try:
-        return engine.params_with_defaults(cfg)
+        return engine.backup_from_params(engine.params_with_defaults(cfg))
     except engine.BackupError as exc:
         print(f"onebox-pg-backup: bad job file for {cfg['job']}: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -114,13 +114,8 @@ def write_metrics(cfg, state):
     )
 
 
-def do_backup(cfg):
+def do_backup(cfg, job):
     state_path, state = load_state(cfg)
-    try:
-        job = engine.backup_from_params(options(cfg))
-    except engine.BackupError as exc:
-        print(f"onebox-pg-backup: bad job file for {cfg['job']}: {exc}", file=sys.stderr)
-        return 2
     try:
         out = job.run()
     except (engine.BackupError, OSError) as exc:
@@ -216,15 +211,14 @@ def copy_offsite(cfg, kept, pruned):
         offsite_rsync(cfg, ["-r", "--delete", *rules, "--exclude=*", f"{empty}/", target])
 
 
-def do_drill(cfg):
+def do_drill(cfg, job):
     """Restore the newest backup into a scratch database and check it."""
     state_path, state = load_state(cfg)
     scratch = cfg.get("drill_db", f"{cfg['dbname']}_restore_drill")
-    run = engine.runner_from_params(options(cfg))
+    run = job.runner
     ok = 0
     try:
-        opts = options(cfg)
-        path = engine.latest_backup(opts["backup_dir"], opts["name_prefix"], opts["dbname"])
+        path = engine.latest_backup(job.dir, job.prefix, job.dbname)
         run.psql_value(f"DROP DATABASE IF EXISTS {engine.quote_ident(scratch)}")
         out = engine.Restore(run, path, scratch, create=True, lock_dir=cfg["backup_dir"]).run()
         # Default: the restored copy answers. Set drill_query to check your data
@@ -254,7 +248,8 @@ def main(argv=None):
     ap.add_argument("--config", required=True)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
-    return do_backup(cfg) if args.action == "backup" else do_drill(cfg)
+    job = backup_job(cfg)
+    return do_backup(cfg, job) if args.action == "backup" else do_drill(cfg, job)
 
 
 if __name__ == "__main__":
