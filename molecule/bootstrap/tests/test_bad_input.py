@@ -11,7 +11,8 @@ PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
 WATCHED = "sha256sum /etc/ssh/sshd_config /etc/ufw/after.rules /etc/ufw/user.rules /etc/docker/daemon.json; ufw status"
 
 
-def run_role(role, extra_vars):
+def run_playbook(playbook, *args):
+    """ansible-playbook on this scenario's inventory, from the project."""
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     env = dict(
         os.environ,
@@ -20,14 +21,7 @@ def run_role(role, extra_vars):
         ANSIBLE_FORCE_COLOR="0",
     )
     return subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            inventory,
-            f"{SCENARIO}/role_alone.yml",
-            "-e",
-            json.dumps(dict(extra_vars, role_under_test=role)),
-        ],
+        ["ansible-playbook", "-i", inventory, playbook, *args],
         check=False,
         capture_output=True,
         text=True,
@@ -35,6 +29,10 @@ def run_role(role, extra_vars):
         cwd=PROJECT,
         timeout=600,
     )
+
+
+def run_role(role, extra_vars):
+    return run_playbook(f"{SCENARIO}/role_alone.yml", "-e", json.dumps(dict(extra_vars, role_under_test=role)))
 
 
 CASES = [
@@ -82,17 +80,7 @@ def test_bad_input_fails_early_and_changes_nothing(target, role, extra_vars, mes
 )
 def test_backup_playbooks_on_a_server_without_backups_say_how(playbook, message):
     """Before: a raw "No such file or directory" for /usr/local/bin/onebox-pg-backup."""
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections", ANSIBLE_NOCOLOR="1")
-    res = subprocess.run(
-        ["ansible-playbook", "-i", inventory, f"{PROJECT}/playbooks/{playbook}", "-l", "onebox-bootstrap-target"],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT,
-        timeout=300,
-    )
+    res = run_playbook(f"{PROJECT}/playbooks/{playbook}", "-l", "onebox-bootstrap-target")
     out = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0, out[-2000:]
     assert message in out and "onebox_backups: true" in out and "site.yml" in out, out[-2000:]
