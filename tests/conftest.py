@@ -5,6 +5,8 @@ Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.server
 import json
 import os
@@ -34,6 +36,9 @@ def _ensure_collection_link():
 _ensure_collection_link()
 if COLLECTIONS not in sys.path:
     sys.path.insert(0, COLLECTIONS)
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def free_port():
@@ -73,7 +78,9 @@ def run_module(name, args, check=False, diff=False, timeout=300, env=None):
 
 class Backend:
     """A tiny HTTP app: /health answers `health_status`, every path answers
-    the version; /slow?s=N holds the request N seconds (a long session)."""
+    the version; /slow?s=N holds the request N seconds (a long session);
+    a WebSocket upgrade on any path gets 101 and then a text frame
+    "tick N" every 0.2 s until the client goes away."""
 
     def __init__(self, version):
         self.version = version
@@ -86,6 +93,9 @@ class Backend:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self):
+                if self.headers.get("Upgrade", "").lower() == "websocket":
+                    self.websocket()
+                    return
                 url = urllib.parse.urlparse(self.path)
                 status = 200
                 if backend.required_host and self.headers.get("Host") != backend.required_host:
@@ -103,6 +113,26 @@ class Backend:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            def websocket(self):
+                key = self.headers.get("Sec-WebSocket-Key", "")
+                accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+                self.send_response(101)
+                self.send_header("Upgrade", "websocket")
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Sec-WebSocket-Accept", accept)
+                self.end_headers()
+                self.close_connection = True
+                n = 0
+                try:
+                    while True:
+                        n += 1
+                        msg = f"tick {n}".encode()
+                        self.wfile.write(bytes([0x81, len(msg)]) + msg)
+                        self.wfile.flush()
+                        time.sleep(0.2)
+                except OSError:
+                    return
 
             def log_message(self, *args):
                 pass
@@ -142,6 +172,7 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    timeout tunnel 60s
     load-server-state-from-file global
     option redispatch
     retries 2

@@ -230,6 +230,23 @@ def is_healthy(server):
     )
 
 
+def wait_drained(client, backend, names, timeout, poll=0.1, clock=time.monotonic):
+    """Wait up to ``timeout`` s until the servers ``names`` of ``backend``
+    have no session left (requests in flight, upgraded WebSocket tunnels).
+    Returns ({server: sessions still open}, milliseconds waited): empty when
+    all drained in time."""
+    start = clock()
+    deadline = start + float(timeout)
+    waiting = {n: 0 for n in names}
+    while waiting:
+        now = describe_servers(client, backend)
+        waiting = {n: now[n]["sessions"] for n in waiting if now[n]["sessions"] > 0}
+        if not waiting or clock() >= deadline:
+            break
+        time.sleep(poll)
+    return waiting, round((clock() - start) * 1000.0, 3)
+
+
 def live_servers(servers):
     return sorted(n for n, s in servers.items() if s["admin_state"] == "ready")
 
@@ -377,16 +394,15 @@ class Switch:
         if plan["drained"]:
             mid = describe_servers(self.client, self.backend)
             result["drained_sessions"] = {n: mid[n]["sessions"] for n in plan["drained"]}
-        t1 = self.clock()
-        deadline = t1 + self.drain_timeout
-        waiting = [n for n in plan["finished"] if self.inactive_state == "maint"]
-        while waiting:
-            now = describe_servers(self.client, self.backend)
-            waiting = [n for n in waiting if now[n]["sessions"] > 0]
-            if not waiting or self.clock() >= deadline:
-                break
-            time.sleep(self.poll)
-        result["drain_ms"] = round((self.clock() - t1) * 1000.0, 3)
+        waiting, result["drain_ms"] = wait_drained(
+            self.client,
+            self.backend,
+            [n for n in plan["finished"] if self.inactive_state == "maint"],
+            self.drain_timeout,
+            poll=self.poll,
+            clock=self.clock,
+        )
+        waiting = sorted(waiting)
         if waiting:
             # Sessions still open: leave those servers draining (no new
             # traffic) rather than cut the sessions; report it.

@@ -45,13 +45,20 @@ options:
       - V(save) writes the current state to O(state_file) (run it before reloading HAProxy).
       - V(maintenance) takes every server out on purpose (drain, wait for sessions, maintenance), and
         HAProxy then answers 503 with the backend's error page. V(active) brings servers back.
+      - V(drained) changes nothing; it waits up to O(drain_timeout) until the O(servers) have no session
+        left (requests in flight, WebSocket tunnels), and reports how many are still open
+        (RV(sessions_left)). Run it before replacing a drained server's process.
     type: str
-    choices: [active, query, save, maintenance]
+    choices: [active, query, save, maintenance, drained]
     default: active
   active:
     description:
       - Servers to make live (ready). Every other server of the backend is taken out.
       - Required with O(state=active); must not be empty.
+    type: list
+    elements: str
+  servers:
+    description: With O(state=drained), the servers to wait for.
     type: list
     elements: str
   inactive_state:
@@ -73,7 +80,7 @@ options:
     type: float
     default: 15
   drain_timeout:
-    description: Seconds to wait for sessions on drained servers to end.
+    description: Seconds to wait for sessions on drained servers to end (also the bound of O(state=drained)).
     type: float
     default: 30
   timeout:
@@ -104,6 +111,14 @@ EXAMPLES = r"""
     backend: app
     active: [green]
     state_file: /var/lib/haproxy/server-state
+
+- name: Before replacing the green container, wait for its open requests to end
+  onebox.platform.haproxy_backend:
+    backend: app_shop
+    state: drained
+    servers: [green]
+    drain_timeout: 30
+  register: drained
 
 - name: Save the state before a reload
   onebox.platform.haproxy_backend:
@@ -169,16 +184,21 @@ switch_ms:
   sample: 0.41
 drain_ms:
   description: Time spent waiting for drained sessions, in milliseconds.
-  returned: when state=active
+  returned: when state=active or state=drained
   type: float
+sessions_left:
+  description: With O(state=drained), the sessions still open on each server when the wait ended (none when drained).
+  returned: when state=drained
+  type: dict
+  sample: {blue: 1}
 drained_sessions:
   description: Sessions open on each drained server right after the switch.
   returned: when state=active
   type: dict
   sample: {blue: 2}
 drain_timed_out:
-  description: True when sessions outlived O(drain_timeout); those servers are left draining.
-  returned: when state=active
+  description: True when sessions outlived O(drain_timeout); with O(state=active) those servers are left draining.
+  returned: when state=active or state=drained
   type: bool
 commands:
   description: Runtime API commands sent (or, in check mode, that would be sent).
@@ -201,6 +221,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     Switch,
     describe_servers,
     live_servers,
+    wait_drained,
 )
 
 PUBLIC_FIELDS = ("admin_state", "op_state", "status", "check_status", "sessions", "weight", "address")
@@ -219,8 +240,9 @@ def main():
         argument_spec=dict(
             socket=dict(type="str", default="/run/haproxy/admin.sock"),
             backend=dict(type="str", required=True),
-            state=dict(type="str", default="active", choices=["active", "query", "save", "maintenance"]),
+            state=dict(type="str", default="active", choices=["active", "query", "save", "maintenance", "drained"]),
             active=dict(type="list", elements="str"),
+            servers=dict(type="list", elements="str"),
             inactive_state=dict(type="str", default="maint", choices=["maint", "drain"]),
             weights=dict(type="dict"),
             require_healthy=dict(type="bool", default=True),
@@ -229,7 +251,11 @@ def main():
             timeout=dict(type="float", default=5.0),
             state_file=dict(type="path"),
         ),
-        required_if=[("state", "active", ("active",)), ("state", "save", ("state_file",))],
+        required_if=[
+            ("state", "active", ("active",)),
+            ("state", "save", ("state_file",)),
+            ("state", "drained", ("servers",)),
+        ],
         supports_check_mode=True,
     )
     p = module.params
@@ -253,6 +279,15 @@ def main():
                 elapsed_ms=round((time.monotonic() - start) * 1000.0, 3),
             )
             module.exit_json(**result)
+        if p["state"] == "drained":
+            # The same check of the names as a switch (unknown servers named).
+            Switch(client, p["backend"], p["servers"]).validate(current)
+            if module.check_mode:
+                left = {n: current[n]["sessions"] for n in p["servers"] if current[n]["sessions"] > 0}
+                waited = 0.0
+            else:
+                left, waited = wait_drained(client, p["backend"], p["servers"], p["drain_timeout"])
+            module.exit_json(**result, sessions_left=left, drain_ms=waited, drain_timed_out=bool(left))
 
         switch = Switch(
             client,

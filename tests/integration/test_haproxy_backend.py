@@ -262,6 +262,80 @@ def test_drain_timeout_leaves_server_draining_and_warns(haproxy):
     assert rc == 0 and res["changed"] and states(haproxy)["blue"] == "maint"
 
 
+class WebSocket:
+    """A WebSocket client through HAProxy: the upgrade, then it counts the
+    server's "tick" frames until closed."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: app\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1024)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        self.ticks = head.count(b"tick")
+        self.closed = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                self.closed = True
+                return
+            self.ticks += data.count(b"tick")
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_drained_waits_for_a_websocket_to_close_across_the_switch(haproxy):
+    """A WebSocket opened on blue keeps working after traffic moves to green
+    (blue drains); state=drained then waits for it before blue is replaced."""
+    ws = WebSocket(haproxy.http_port)
+    client = RuntimeClient(haproxy.socket)
+    wait_for(lambda: describe_servers(client, "app")["blue"]["sessions"] > 0)
+    rc, res = switch(haproxy, ["green"], inactive_state="drain")
+    assert rc == 0, res.get("msg", res)
+    before = ws.ticks
+    time.sleep(1)
+    assert ws.ticks > before and not ws.closed, "the tunnel stopped at the switch"
+    threading.Timer(1.5, ws.close).start()
+    rc, res = run_module(
+        "haproxy_backend",
+        dict(socket=haproxy.socket, backend="app", state="drained", servers=["blue"], drain_timeout=10),
+    )
+    assert rc == 0, res.get("msg", res)
+    assert res["sessions_left"] == {} and res["drain_timed_out"] is False
+    assert res["drain_ms"] >= 1000 and res["changed"] is False
+
+
+def test_drained_reports_the_sessions_a_replacement_would_cut(haproxy):
+    ws = WebSocket(haproxy.http_port)
+    try:
+        client = RuntimeClient(haproxy.socket)
+        wait_for(lambda: describe_servers(client, "app")["blue"]["sessions"] > 0)
+        rc, res = switch(haproxy, ["green"], inactive_state="drain")
+        assert rc == 0, res.get("msg", res)
+        args = dict(socket=haproxy.socket, backend="app", state="drained", servers=["blue"], drain_timeout=1)
+        rc, res = run_module("haproxy_backend", args)
+        assert rc == 0, res.get("msg", res)
+        assert res["sessions_left"] == {"blue": 1} and res["drain_timed_out"] is True
+        rc, res = run_module("haproxy_backend", dict(args, servers=["purple"]))
+        assert rc == 1 and "has no server purple" in res["msg"]
+        assert not ws.closed, "state=drained must change nothing"
+    finally:
+        ws.close()
+
+
 def test_maintenance_takes_every_server_out_and_back(haproxy):
     rc, res = run_module(
         "haproxy_backend", dict(socket=haproxy.socket, backend="app", state="maintenance", drain_timeout=5)

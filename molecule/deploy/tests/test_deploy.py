@@ -8,6 +8,7 @@ locked deploy and a killed one. Load goes only to the target container.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -350,3 +351,106 @@ def test_a_failing_post_deploy_hook_leaves_the_release_live_with_a_warning(base_
     assert only_version(base_url) == {"v2"}
     assert releases(target)[-1]["version"] == "v2"
     assert "deploy-warning version=v2" in target.check_output("cat /var/lib/onebox/demo/audit.log")
+
+
+class KeepAlive:
+    """One client that keeps its connection open and sends a request every
+    50 ms, as browsers and API clients do; bounded to 5 minutes."""
+
+    def __init__(self, base_url):
+        self.host = base_url.split("://", 1)[1]
+        self.ok = 0
+        self.failed = 0
+        self.errors = []
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+
+    def _work(self):
+        conn = http.client.HTTPConnection(self.host, 80, timeout=10)
+        deadline = time.monotonic() + 300
+        while not self.stop_flag.is_set() and time.monotonic() < deadline:
+            try:
+                conn.request("GET", "/", headers={"Host": HOST})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+                    self.errors.append(resp.status)
+            except (OSError, http.client.HTTPException) as exc:
+                self.failed += 1
+                self.errors.append(repr(exc)[:200])
+                conn.close()
+                conn = http.client.HTTPConnection(self.host, 80, timeout=10)
+            time.sleep(0.05)
+        conn.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_flag.set()
+        self.thread.join()
+
+
+def long_request(base_url, seconds, into):
+    """GET /cgi-bin/slow?SECONDS in a thread; its status (or error) lands in INTO."""
+
+    def run():
+        req = urllib.request.Request(f"{base_url}/cgi-bin/slow?{seconds}", headers={"Host": HOST})
+        try:
+            with urllib.request.urlopen(req, timeout=seconds + 60) as resp:
+                into["status"], into["body"] = resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            into["status"] = exc.code
+        except (urllib.error.URLError, OSError) as exc:
+            into["error"] = repr(exc)[:200]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    time.sleep(1)  # in flight on the live colour
+    return t
+
+
+def test_long_requests_outlive_back_to_back_deploys_and_a_rollback(base_url, target):
+    """A request that began before a switch keeps running on the drained
+    colour; the NEXT deploy, which replaces that colour, waits for it
+    (app_drain_timeout) instead of cutting it with a 502. Keep-alive clients
+    and the usual load see no failure."""
+    first, second = {}, {}
+    with Load(base_url) as load, KeepAlive(base_url) as keep:
+        t1 = long_request(base_url, 25, first)
+        rc1, out1, s1 = play("deploy.yml", "-e", "app_version=v1")
+        rc2, out2, s2 = play("deploy.yml", "-e", "app_version=v2")
+        t2 = long_request(base_url, 15, second)
+        rc3, out3, s3 = play("rollback.yml")
+        t1.join(90)
+        t2.join(90)
+    record("long requests across deploy, deploy, rollback", load, s1 + s2 + s3, max(rc1, rc2, rc3))
+    assert rc1 == 0, out1[-3000:]
+    assert rc2 == 0, out2[-3000:]
+    assert rc3 == 0, out3[-3000:]
+    assert first.get("status") == 200 and first["body"]["version"] == "v2", first
+    assert second.get("status") == 200 and second["body"]["version"] == "v2", second
+    assert "outlived app_drain_timeout" not in out2
+    assert load.failed == 0, load.errors[:5]
+    assert keep.failed == 0 and keep.ok > 100, (keep.ok, keep.errors[:5])
+    assert only_version(base_url) == {"v1"}
+
+
+def test_a_request_longer_than_the_drain_timeout_is_cut_and_reported(base_url, target):
+    held = {}
+    t = long_request(base_url, 50, held)
+    rc, out, _s = play("deploy.yml", "-e", "app_version=v2")
+    assert rc == 0, out[-3000:]
+    live_before = releases(target)[-1]["previous_colour"]
+    rc, out, _s = play("deploy.yml", "-e", "app_version=v1", "-e", "app_drain_timeout=3")
+    assert rc == 0, out[-3000:]
+    t.join(90)
+    assert f"WARNING: 1 session(s) on {live_before} outlived app_drain_timeout=3s" in out, out[-3000:]
+    audit = target.check_output("cat /var/lib/onebox/demo/audit.log")
+    assert f"drain-timeout colour={live_before} sessions_cut=1 after=3s" in audit
+    assert held.get("status") != 200, held
+    assert only_version(base_url) == {"v1"}
