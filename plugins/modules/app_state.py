@@ -18,6 +18,9 @@ description:
     M(onebox.platform.app) role writes it).
   - RV(rollback_target) is the version a rollback without a named target goes back to, the newest release
     before the live one, skipping releases a rollback has left (unless deployed again since).
+  - In maintenance (O(maintenance_file) names a colour and none is live), RV(current_colour) is the colour
+    C(maintenance=off) will bring back and the idle colour is the other one, so a deploy during maintenance
+    never replaces the release the site will come back to unless it is that release's successor.
   - The live colour is the first colour that HAProxy sends traffic to AND whose container runs; with
     none (a first deploy) it is empty and the idle colour is the first colour.
   - One module run instead of three (a backend query, a container query per colour, reading the
@@ -45,6 +48,11 @@ options:
     description:
       - Path of the release history (JSON lines) to return as RV(releases). A missing file is an empty
         history; a line that is not JSON fails the module, naming the line.
+    type: path
+  maintenance_file:
+    description:
+      - The file C(maintenance.yml) writes when it takes the app down, naming the colour that
+        C(maintenance=off) brings back. While it exists and no colour is live, the app is in maintenance.
     type: path
   timeout:
     description: Socket timeout in seconds for HAProxy.
@@ -81,8 +89,20 @@ live_colour:
   returned: success
   type: str
   sample: blue
+current_colour:
+  description:
+    - The colour of the current release, the live one or, in maintenance, the one C(maintenance=off) brings
+      back; empty before the first deploy.
+  returned: success
+  type: str
+  sample: blue
+maintenance_colour:
+  description: In maintenance, the colour C(maintenance=off) brings back; empty otherwise.
+  returned: success
+  type: str
+  sample: ""
 idle_colour:
-  description: The colour a deploy would use next (the other one).
+  description: The colour a deploy would use next (not the current one).
   returned: success
   type: str
   sample: green
@@ -173,6 +193,17 @@ def read_history(module, path):
     return releases
 
 
+def read_maintenance(module, path, colours):
+    """The colour maintenance=off will bring back, or "" when not in maintenance."""
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        colour = fh.read().strip()
+    if colour and colour not in colours:
+        module.fail_json(msg=f"{path} names colour {colour!r}, not one of {', '.join(colours)}. Fix or remove it.")
+    return colour
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -181,6 +212,7 @@ def main():
             backend=dict(type="str"),
             colours=dict(type="list", elements="str", default=["blue", "green"]),
             history=dict(type="path"),
+            maintenance_file=dict(type="path"),
             timeout=dict(type="float", default=5.0),
         ),
         supports_check_mode=True,
@@ -198,16 +230,20 @@ def main():
     found = containers(module, list(names.values()))
     colours = {colour: colour_info(name, found.get(name)) for colour, name in names.items()}
     live = next((c for c in p["colours"] if c in active and colours[c]["running"]), "")
-    idle = next(c for c in p["colours"] if c != live)
+    maintenance = "" if live else read_maintenance(module, p["maintenance_file"], p["colours"])
+    current = live or maintenance
+    idle = next(c for c in p["colours"] if c != current)
     releases = read_history(module, p["history"])
     module.exit_json(
         changed=False,
         live_colour=live,
+        current_colour=current,
+        maintenance_colour=maintenance,
         idle_colour=idle,
         haproxy_active=active,
         colours=colours,
         releases=releases,
-        rollback_target=rollback_target(releases, colours[live]["version"] if live else ""),
+        rollback_target=rollback_target(releases, colours[current]["version"] if current else ""),
     )
 
 

@@ -338,6 +338,38 @@ def test_maintenance_mode_serves_the_page_and_comes_back(base_url):
     assert only_version(base_url) == {"v1"}
 
 
+def status_of(base_url, path="/"):
+    req = urllib.request.Request(base_url + path, headers={"Host": HOST})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_deploy_during_maintenance_keeps_it_and_is_what_comes_back(base_url, target):
+    """maintenance=on, deploy v2 (say, for a migration), maintenance=off:
+    the site stays down through the deploy, and v2 - the release the history
+    records - is what comes back (before: v1 came back on v2's schema, and
+    the deploy ended maintenance early)."""
+    rc, out, _s = play("maintenance.yml", "-e", "maintenance=on")
+    assert rc == 0, out[-3000:]
+    rc, out, _s = play("deploy.yml", "-e", "app_version=v2")
+    assert rc == 0, out[-3000:]
+    assert "the site stays in maintenance" in out
+    assert status_of(base_url) == 503
+    last = releases(target)[-1]
+    assert last["version"] == "v2" and last["previous_version"] == "v1", last
+    assert target.check_output("cat /var/lib/onebox/demo/maintenance-colour").strip() == last["colour"]
+    rc, out, _s = play("maintenance.yml", "-e", "maintenance=off")
+    assert rc == 0, out[-3000:]
+    assert only_version(base_url) == {"v2"}
+    assert not target.file("/var/lib/onebox/demo/maintenance-colour").exists
+    # Not in maintenance any more: off again changes nothing.
+    rc, out, _s = play("maintenance.yml", "-e", "maintenance=off")
+    assert rc == 0 and "is not in maintenance" in out, out[-3000:]
+
+
 def test_a_failing_post_deploy_hook_leaves_the_release_live_with_a_warning(base_url, target, tmp_path):
     """The switch happened and was verified: a hook (or image prune) that
     fails afterwards is a warning, not a FAILED deploy (the webhook and the
