@@ -20,29 +20,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-import testinfra
+from conftest import TARGET
 
-TARGET = "onebox-deploy-target"
 SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
 HOST = "demo.test"
 RESULTS = os.path.join(PROJECT, "tests", "output", "deploy-load.json")
-
-
-@pytest.fixture(scope="module")
-def target():
-    return testinfra.get_host(f"docker://{TARGET}")
-
-
-@pytest.fixture(scope="module")
-def base_url():
-    ip = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", TARGET],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[0]
-    return f"http://{ip}"
 
 
 def play(name, *extra, background=False):

@@ -8,14 +8,7 @@ them) only."""
 from __future__ import annotations
 
 import pytest
-import testinfra
-from test_deploy import TARGET, play
-
-
-@pytest.fixture(scope="module")
-def target():
-    return testinfra.get_host(f"docker://{TARGET}")
-
+from test_deploy import play
 
 SECRETS = {
     "postgres_password": "molecule-only-password",
