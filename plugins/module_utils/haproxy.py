@@ -37,6 +37,16 @@ OP_STATES = {0: "down", 1: "starting", 2: "up", 3: "stopping"}
 CHECK_OK = ("L4OK", "L6OK", "L7OK", "L7OKC")
 
 
+# A colour's twin server line with the `backup` flag: HAProxy sends it
+# traffic only when no live server is up. The haproxy role's template writes
+# one per colour ("<colour>_fallback").
+FALLBACK_SUFFIX = "_fallback"
+
+
+def fallback_name(server):
+    return f"{server}{FALLBACK_SUFFIX}"
+
+
 class HAProxyError(Exception):
     """Anything that went wrong talking to HAProxy, with a message for people."""
 

@@ -61,6 +61,15 @@ options:
     description: With O(state=drained), the servers to wait for.
     type: list
     elements: str
+  fallback:
+    description:
+      - With O(state=active), a server that stays behind the new live ones - the colour being left, which keeps
+        running - through its backup twin C(<fallback>_fallback) (a C(backup) server line on the same address,
+        as the M(onebox.platform.haproxy) role writes for each colour). HAProxy sends it traffic only while no
+        live server is up, for example when the new version crashes right after the switch; retried requests
+        land there instead of failing.
+      - Ignored, with a warning, when the backend has no such server line.
+    type: str
   inactive_state:
     description: Where the servers taken out end, once drained.
     type: str
@@ -220,6 +229,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     RuntimeClient,
     Switch,
     describe_servers,
+    fallback_name,
     live_servers,
     wait_drained,
 )
@@ -243,6 +253,7 @@ def main():
             state=dict(type="str", default="active", choices=["active", "query", "save", "maintenance", "drained"]),
             active=dict(type="list", elements="str"),
             servers=dict(type="list", elements="str"),
+            fallback=dict(type="str"),
             inactive_state=dict(type="str", default="maint", choices=["maint", "drain"]),
             weights=dict(type="dict"),
             require_healthy=dict(type="bool", default=True),
@@ -289,10 +300,19 @@ def main():
                 left, waited = wait_drained(client, p["backend"], p["servers"], p["drain_timeout"])
             module.exit_json(**result, sessions_left=left, drain_ms=waited, drain_timed_out=bool(left))
 
+        active = [] if p["state"] == "maintenance" else list(p["active"])
+        if p["state"] == "active" and p["fallback"]:
+            if fallback_name(p["fallback"]) in current:
+                active.append(fallback_name(p["fallback"]))
+            else:
+                module.warn(
+                    f"backend '{p['backend']}' has no server {fallback_name(p['fallback'])}: no fallback behind "
+                    f"{', '.join(p['active'])} (re-run site.yml to update haproxy.cfg)"
+                )
         switch = Switch(
             client,
             p["backend"],
-            [] if p["state"] == "maintenance" else p["active"],
+            active,
             inactive_state=p["inactive_state"],
             weights={k: int(v) for k, v in (p["weights"] or {}).items()},
             require_healthy=p["require_healthy"],

@@ -469,3 +469,77 @@ def test_a_request_longer_than_the_drain_timeout_is_cut_and_reported(base_url, t
     assert f"drain-timeout colour={live_before} sessions_cut=1 after=3s" in audit
     assert held.get("status") != 200, held
     assert only_version(base_url) == {"v1"}
+
+
+def test_a_crash_right_after_the_switch_falls_back_at_once(base_url, target):
+    """The new version's container is killed during the verification window.
+    HAProxy marks it down on the first refused connection, retries the
+    request on the previous colour (kept behind the live one as a backup
+    server) and serves from there until the verification switches back and
+    fails loudly. Only requests in flight inside the killed process may fail
+    (before: about 15 over 3 s, until Ansible switched back)."""
+    with Load(base_url) as load, KeepAlive(base_url) as keep:
+        proc = play("deploy.yml", "-e", "app_version=v2", "-e", "app_verify_seconds=20", background=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and load.versions.get("v2", 0) == 0:
+            time.sleep(0.1)
+        labels = '{{index .Config.Labels "onebox_version"}}'
+        new_colour = next(
+            c for c in ("blue", "green") if target.run(f"docker inspect -f '{labels}' demo-{c}").stdout.strip() == "v2"
+        )
+        time.sleep(1)
+        killed_at = load.total
+        target.check_output(f"docker kill demo-{new_colour}")
+        out = proc.communicate(timeout=300)[0].decode()
+    out = " ".join(out.split())
+    record("crash after the switch", load, 0, proc.returncode, {"killed_after_requests": killed_at})
+    keep_total = keep.ok + keep.failed
+    print(f"crash after the switch: {load.failed} failed of {load.total}; keep-alive {keep.failed} of {keep_total}")
+    assert proc.returncode != 0 and "failed after the switch" in out and "Traffic is back on" in out, out[-3000:]
+    assert load.versions.get("v2", 0) > 0, "v2 never took traffic: nothing was exercised"
+    assert load.failed <= load.threads, (load.failed, load.errors[:8])
+    assert keep.failed <= 1, keep.errors[:5]
+    assert only_version(base_url) == {"v1"}
+
+
+def test_an_haproxy_reload_waits_for_a_deploy_in_progress(base_url, target):
+    """site.yml changing an HAProxy setting reloads it only once the deploy
+    lock is free, so a reload never races a switch. Keep-alive clients run
+    throughout; their failures on the reload are recorded (HAProxy 2.6 has
+    no idle-close-on-response: close-spread-time only spreads the closes)."""
+    target.check_output(
+        "mkdir -p /var/lib/onebox/demo/deploy.lock && echo "
+        """'{"owner": "alice", "version": "v9", "since": "2026-01-01T00:00:00+00:00"}' """
+        "> /var/lib/onebox/demo/deploy.lock/holder.json"
+    )
+    released = {}
+
+    def release():
+        """Once the new haproxy.cfg is written (the reload is due), hold the
+        lock 10 s more, then release it as a finishing deploy would."""
+        deadline = time.monotonic() + 400
+        while target.run("grep -q 'close-spread-time 4s' /etc/haproxy/haproxy.cfg").rc != 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        time.sleep(10)
+        released["at"] = float(target.check_output("date +%s.%N"))
+        target.check_output("rm -rf /var/lib/onebox/demo/deploy.lock")
+
+    since = target.check_output("date +%s").strip()
+    timer = threading.Thread(target=release, daemon=True)
+    with Load(base_url) as load, KeepAlive(base_url) as keep:
+        timer.start()
+        rc, out, seconds = play("site.yml", "-e", "haproxy_close_spread_time=4s")
+        timer.join()
+    record("site.yml reload under keep-alive load", load, seconds, rc, {"keepalive_failed": keep.failed})
+    print(f"reload: {load.failed} of {load.total} failed; keep-alive {keep.failed} of {keep.ok + keep.failed}")
+    assert rc == 0, out[-3000:]
+    assert "Wait for deploys in progress" in out
+    journal = target.check_output(f"journalctl -u haproxy -o short-unix --since @{since} --no-pager")
+    reloads = [float(line.split()[0]) for line in journal.splitlines() if "Reloaded" in line or "Reloading" in line]
+    assert reloads, journal[-2000:]
+    assert min(reloads) >= released["at"], (reloads, released)
+    assert target.run("test -d /var/lib/onebox/demo/deploy.lock").rc != 0, "the reload did not release the lock"
+    assert load.failed == 0, load.errors[:5]
+    assert only_version(base_url) == {"v1"}
