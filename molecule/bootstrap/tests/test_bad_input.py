@@ -49,6 +49,16 @@ CASES = [
         "'ghost' is listed in ssh_hardening_key_users but does not exist",
     ),
     ("docker", {"docker_install_source": "snap"}, "docker_install_source must be one of: docker, distro"),
+    (
+        "ssh_hardening",
+        {"ssh_hardening_allow_users": ["alice"], "ssh_hardening_key_users": ["deploy"]},
+        "ssh_hardening_allow_users (alice) does not list 'deploy'",
+    ),
+    (
+        "ssh_hardening",
+        {"ssh_hardening_allow_groups": ["wheel"], "ssh_hardening_key_users": ["deploy"]},
+        "'deploy' is in none of ssh_hardening_allow_groups",
+    ),
 ]
 
 

@@ -26,7 +26,6 @@ def test_sshd_effective_config_is_hardened(target):
     assert cfg["clientalivecountmax"] == "3"
     assert cfg["x11forwarding"] == "no"
     assert cfg["allowagentforwarding"] == "no"
-    assert cfg["allowtcpforwarding"] == "no"
     assert cfg["loglevel"] == "VERBOSE"
     weak = re.compile(r"cbc|arcfour|3des|hmac-sha1|hmac-md5|group1-|group14-sha1|diffie-hellman-group-exchange-sha1")
     for key in ("ciphers", "macs", "kexalgorithms"):
@@ -49,6 +48,25 @@ def test_deploy_user_has_passwordless_sudo(client):
     res = client.run(f"{SSH} {MUX} -i /root/id_ed25519 deploy@target sudo -n id -u")
     assert res.rc == 0, res.stderr
     assert res.stdout.strip() == "0"
+
+
+def test_the_deploy_user_can_tunnel_to_a_local_port(target, client):
+    """The README's `ssh -L 3000:127.0.0.1:3000 deploy@server` works for the
+    deploy user (local forwarding only); forwarding stays off for others."""
+    target.run("systemctl stop onebox-test-tunnel")
+    target.check_output("systemd-run --unit onebox-test-tunnel python3 -m http.server --bind 127.0.0.1 18090")
+    try:
+        client.check_output(
+            f"{SSH} {MUX} -i /root/id_ed25519 -O forward -L 127.0.0.1:19090:127.0.0.1:18090 deploy@target"
+        )
+        res = client.run("curl -s -o /dev/null -w '%{http_code}' --retry 5 --retry-connrefused http://127.0.0.1:19090/")
+        assert res.stdout == "200", res.stdout + res.stderr
+    finally:
+        client.run(f"{SSH} {MUX} -O cancel -L 127.0.0.1:19090:127.0.0.1:18090 deploy@target")
+        target.run("systemctl stop onebox-test-tunnel")
+    assert effective_sshd(target)["allowtcpforwarding"] == "local"
+    other = target.check_output("sshd -T -C user=nobody,host=client,addr=10.0.0.2")
+    assert "allowtcpforwarding no" in other.splitlines()
 
 
 def test_password_login_is_refused(client):
@@ -142,6 +160,8 @@ def test_published_ports_do_not_bypass_ufw(target, client, target_ip, busybox_im
 
 
 def test_unattended_security_upgrades(target):
+    # The security archive is in APT's sources (the debootstrap image has none).
+    assert "bookworm-security" in target.check_output("apt-cache policy")
     dump = target.check_output("apt-config dump")
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
     assert "-security" in target.file("/etc/apt/apt.conf.d/52onebox-unattended-upgrades").content_string
