@@ -64,7 +64,11 @@ def test_ubuntu_policies_ask_for_what_the_role_sets():
         policy = BUILTIN_POLICIES[name]
         assert set(defaults["ssh_hardening_ciphers"]) == set(policy["ciphers"]), name
         assert set(defaults["ssh_hardening_macs"]) == set(policy["macs"]), name
-        assert set(defaults["ssh_hardening_kex"]) <= set(policy["kex"]), name
+        # Everything the policy asks for is offered; the one extra name is
+        # left out by the role where sshd does not know it (OpenSSH < 9.9).
+        asked = set(policy["kex"]) - {"kex-strict-s-v00@openssh.com", "ext-info-s"}
+        assert asked <= set(defaults["ssh_hardening_kex"]), name
+        assert set(defaults["ssh_hardening_kex"]) - set(policy["kex"]) <= {"sntrup761x25519-sha512"}, name
         assert set(defaults["ssh_hardening_host_key_algorithms"]) == set(policy["host_keys"]), name
         assert defaults["ssh_hardening_rsa_host_key_bits"] >= policy["hostkey_sizes"]["rsa-sha2-512"]["hostkey_size"]
         assert (
