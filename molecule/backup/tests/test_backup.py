@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import time
 
-import pytest
-import testinfra
+from onebox_molecule import one_line, run_playbook
 
-TARGET = "onebox-backup-target"
-SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
 DIR = "/var/backups/onebox/shop"
 PROM = "/var/lib/prometheus/node-exporter/onebox_backup_shop.prom"
 
@@ -20,38 +14,13 @@ PROM = "/var/lib/prometheus/node-exporter/onebox_backup_shop.prom"
 OFFSITE_DIR = "/srv/backups/shop"
 
 
-@pytest.fixture(scope="module")
-def target():
-    return testinfra.get_host(f"docker://{TARGET}")
-
-
-@pytest.fixture(scope="module")
-def offsite():
-    return testinfra.get_host("docker://onebox-backup-offsite")
-
-
 def listing(host, directory):
     return sorted(host.check_output(f"ls -A {directory}").split())
 
 
 def play(name, *extra):
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    proc = subprocess.run(
-        ["ansible-playbook", "-i", inventory, "-l", "targets", f"{PROJECT}/playbooks/{name}", *extra],
-        env=env,
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+    proc = run_playbook(name, "-l", "targets", *extra, timeout=600)
+    return proc.returncode, one_line(proc)
 
 
 def psql(target, sql, db="shop"):

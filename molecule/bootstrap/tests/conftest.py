@@ -1,9 +1,12 @@
 """Hosts of the bootstrap scenario, reached with `docker exec`."""
 
-import subprocess
+import os
+import sys
 
 import pytest
-import testinfra
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from onebox_molecule import container_ip, host
 
 TARGET = "onebox-bootstrap-target"
 CLIENT = "onebox-bootstrap-client"
@@ -12,23 +15,17 @@ IMAGE = "onebox-test/busybox:1"
 
 @pytest.fixture(scope="session")
 def target():
-    return testinfra.get_host(f"docker://{TARGET}")
+    return host(TARGET)
 
 
 @pytest.fixture(scope="session")
 def client():
-    return testinfra.get_host(f"docker://{CLIENT}")
+    return host(CLIENT)
 
 
 @pytest.fixture(scope="session")
 def target_ip():
-    out = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", TARGET],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    return out[0]
+    return container_ip(TARGET)
 
 
 @pytest.fixture(scope="session")

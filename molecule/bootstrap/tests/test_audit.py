@@ -16,9 +16,9 @@ import subprocess
 
 import pytest
 import yaml
+from onebox_molecule import PROJECT
 from ssh_audit.builtin_policies import BUILTIN_POLICIES
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 RESULTS = os.path.join(PROJECT, "tests", "output", "audit.txt")
 DEBIAN_12 = "Hardened Debian 12 (version 3)"
 

@@ -2,37 +2,18 @@
 
 import json
 import os
-import subprocess
 
 import pytest
+from onebox_molecule import run_playbook
 
 SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
 WATCHED = "sha256sum /etc/ssh/sshd_config /etc/ufw/after.rules /etc/ufw/user.rules /etc/docker/daemon.json; ufw status"
 
 
-def run_playbook(playbook, *args):
-    """ansible-playbook on this scenario's inventory, from the project."""
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    return subprocess.run(
-        ["ansible-playbook", "-i", inventory, playbook, *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=PROJECT,
-        timeout=600,
-    )
-
-
 def run_role(role, extra_vars):
-    return run_playbook(f"{SCENARIO}/role_alone.yml", "-e", json.dumps(dict(extra_vars, role_under_test=role)))
+    return run_playbook(
+        f"{SCENARIO}/role_alone.yml", "-e", json.dumps(dict(extra_vars, role_under_test=role)), timeout=600
+    )
 
 
 CASES = [
@@ -90,7 +71,7 @@ def test_bad_input_fails_early_and_changes_nothing(target, role, extra_vars, mes
 )
 def test_backup_playbooks_on_a_server_without_backups_say_how(playbook, message):
     """Before: a raw "No such file or directory" for /usr/local/bin/onebox-pg-backup."""
-    res = run_playbook(f"{PROJECT}/playbooks/{playbook}", "-l", "onebox-bootstrap-target")
+    res = run_playbook(playbook, "-l", "onebox-bootstrap-target", timeout=300)
     out = " ".join((res.stdout + res.stderr).split())
     assert res.returncode != 0, out[-2000:]
     assert message in out and "onebox_backups: true" in out and "site.yml" in out, out[-2000:]

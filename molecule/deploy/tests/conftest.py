@@ -1,27 +1,25 @@
 """Fixtures shared by the deploy scenario's test modules: the target server
-and the address its HAProxy answers on from this machine."""
+and the address its HAProxy answers on from this machine (helpers shared by
+every scenario: molecule/shared)."""
 
 from __future__ import annotations
 
-import subprocess
+import os
+import sys
 
 import pytest
-import testinfra
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared"))
+from onebox_molecule import container_ip, host
 
 TARGET = "onebox-deploy-target"
 
 
 @pytest.fixture(scope="module")
 def target():
-    return testinfra.get_host(f"docker://{TARGET}")
+    return host(TARGET)
 
 
 @pytest.fixture(scope="module")
 def base_url():
-    ip = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", TARGET],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split()[0]
-    return f"http://{ip}"
+    return f"http://{container_ip(TARGET)}"

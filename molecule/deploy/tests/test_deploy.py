@@ -21,31 +21,28 @@ import urllib.request
 
 import pytest
 from conftest import TARGET
+from onebox_molecule import PROJECT, ansible_env, one_line, playbook_argv, run_playbook
 
-SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROJECT = os.path.dirname(os.path.dirname(SCENARIO))
 HOST = "demo.test"
 RESULTS = os.path.join(PROJECT, "tests", "output", "deploy-load.json")
 
 
 def play(name, *extra, background=False):
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        ONEBOX_WHO="molecule",
-    )
-    cmd = ["ansible-playbook", "-i", inventory, f"{PROJECT}/playbooks/{name}", *extra]
+    """Run a playbook of the project on the target (as user molecule);
+    returns (rc, output on one line, seconds), or the Popen with background."""
+    env = ansible_env(ONEBOX_WHO="molecule")
     if background:
         return subprocess.Popen(
-            cmd, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            playbook_argv(name, *extra),
+            env=env,
+            cwd=PROJECT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=900, check=False)
-    out = " ".join((proc.stdout + proc.stderr).split())
-    return proc.returncode, out, round(time.monotonic() - t0, 1)
+    proc = run_playbook(name, *extra, ONEBOX_WHO="molecule")
+    return proc.returncode, one_line(proc), round(time.monotonic() - t0, 1)
 
 
 def get(base_url, path="/"):

@@ -18,18 +18,18 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
-import testinfra
+from conftest import TARGET
+from onebox_molecule import PROJECT
+from onebox_molecule import host as onebox_host
 
-TARGET = "onebox-deploy-target"
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 RESULTS = os.path.join(PROJECT, "tests", "output", "monitoring.json")
 OUT = "/var/tmp/receiver"
 
 
 @pytest.fixture(scope="module")
 def target():
-    host = testinfra.get_host(f"docker://{TARGET}")
+    host = onebox_host(TARGET)
     subprocess.run(["docker", "cp", os.path.join(HERE, "alert_receiver.py"), f"{TARGET}:/var/tmp/"], check=True)
     host.run("systemctl stop onebox-test-receiver")
     host.check_output("rm -rf /var/tmp/receiver")
