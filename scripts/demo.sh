@@ -25,8 +25,9 @@ for v in v1 v2; do
 done
 
 live=$(curl -s -H 'Host: demo.localhost' "http://127.0.0.1:$HTTP_PORT/health" || true)
-colour=$(ansible -i inventories/local onebox-local -b -m onebox.platform.haproxy_backend \
-  -a 'backend=app_demo state=query' -o 2>/dev/null | grep -oE '"active": \[[^]]*\]' || true)
+# The colour taking traffic (the other one stands behind it as HAProxy's fallback).
+colour=$(ansible -i inventories/local onebox-local -b -m onebox.platform.app_state \
+  -a 'app=demo' -o 2>/dev/null | grep -oE '"live_colour": "[a-z]*"' | cut -d'"' -f4 || true)
 cat <<MSG
 
 The demo is live.
