@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -548,4 +549,77 @@ def test_an_haproxy_reload_waits_for_a_deploy_in_progress(base_url, target):
     assert min(reloads) >= released["at"], (reloads, released)
     assert target.run("test -d /var/lib/onebox/demo/deploy.lock").rc != 0, "the reload did not release the lock"
     assert load.failed == 0, load.errors[:5]
+    assert only_version(base_url) == {"v1"}
+
+
+def servers_state(target, backend="app_demo"):
+    """HAProxy's own view over the Runtime API: {server: (op_state, admin_state)};
+    op_state 2 = up, 0 = down; admin_state 0 = ready, 8 = drain, 1/32 = maint."""
+    script = (
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/haproxy/admin.sock'); "
+        f"s.sendall(b'show servers state {backend}\\n'); print(s.makefile().read())"
+    )
+    out = target.check_output(f'python3 -c "{script}"')
+    state = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[1] == backend:
+            state[fields[3]] = (int(fields[5]), int(fields[6]))
+    return state
+
+
+def test_a_slow_health_check_cuts_no_session(base_url, target):
+    """The only live server stops answering for a while (frozen: a long GC
+    pause, a stuck event loop). Its health checks time out (timeout check),
+    HAProxy marks it down - and the requests already on it are NOT killed
+    (no on-marked-down shutdown-sessions): they finish once it answers
+    again. Uploads (POST) are not retried elsewhere, so a cut one would fail."""
+    state = servers_state(target)
+    live = [n for n, (_op, admin) in state.items() if admin == 0 and not n.endswith("_fallback")]
+    assert len(live) == 1, state
+    held = [{} for _i in range(4)]
+    # 8 s each, started 1 s apart: all still running when the server freezes.
+    threads = [long_request(base_url, 8, into, method="POST") for into in held]
+    target.check_output(f"docker pause demo-{live[0]}")
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and servers_state(target)[live[0]][0] != 0:
+            time.sleep(1)
+        marked_down = servers_state(target)[live[0]][0] == 0
+        time.sleep(3)
+    finally:
+        target.check_output(f"docker unpause demo-{live[0]}")
+    for t in threads:
+        t.join(120)
+    assert marked_down, "the frozen server was never marked down: nothing was exercised"
+    assert all(h.get("status") == 200 for h in held), held
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and servers_state(target)[live[0]][0] != 2:
+        time.sleep(1)
+    assert only_version(base_url) == {"v1"}
+
+
+def test_verification_follows_the_https_redirect(base_url, target):
+    """With haproxy_redirect_https the plain-HTTP endpoint answers 301; a
+    deploy verifies over https (before: every deploy failed on the 301)."""
+    rc, out, _s = play("site.yml", "-e", "haproxy_redirect_https=true")
+    assert rc == 0, out[-3000:]
+    try:
+        conn = http.client.HTTPConnection(base_url.split("://", 1)[1], 80, timeout=5)
+        conn.request("GET", "/health", headers={"Host": HOST})
+        resp = conn.getresponse()
+        assert resp.status == 301 and resp.getheader("Location", "").startswith("https://"), resp.status
+        conn.close()
+        rc, out, _s = play("deploy.yml", "-e", "app_version=v1", "-e", "haproxy_redirect_https=true")
+        assert rc == 0, out[-3000:]
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        tls = http.client.HTTPSConnection(base_url.split("://", 1)[1], 443, timeout=5, context=ctx)
+        tls.request("GET", "/", headers={"Host": HOST})
+        assert json.loads(tls.getresponse().read())["version"] == "v1"
+        tls.close()
+    finally:
+        rc, out, _s = play("site.yml")
+        assert rc == 0, out[-3000:]
     assert only_version(base_url) == {"v1"}
