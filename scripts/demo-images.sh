@@ -12,7 +12,7 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
-REV=3
+REV=4
 for v in v1 v2 v3 v4; do
   tar=.cache/images/demo-$v.tar
   # REV: bump when the image changes, so an older build is replaced.
@@ -22,10 +22,11 @@ for v in v1 v2 v3 v4; do
   chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
   cp "$BUSYBOX" "$root/bin/busybox"
-  for a in sh httpd wget sleep rm cat echo date printf; do ln -s busybox "$root/bin/$a"; done
+  for a in sh httpd wget sleep rm cat echo date printf tr cut sha1sum xxd base64; do ln -s busybox "$root/bin/$a"; done
   printf '{"version": "%s", "app": "onebox-demo"}\n' "$v" >"$root/www/index.html"
   [ "$v" = v3 ] || printf '{"version": "%s", "status": "ok"}\n' "$v" >"$root/www/health"
-  # /cgi-bin/headers: what the proxy told the app; /cgi-bin/slow?N: answers after N seconds.
+  # /cgi-bin/headers: what the proxy told the app; /cgi-bin/slow?N: answers after N seconds;
+  # /cgi-bin/ws?N: a WebSocket that pushes {"version", "n"} once a second for N seconds.
   mkdir -p "$root/www/cgi-bin"
   cat >"$root/www/cgi-bin/headers" <<'CGI'
 #!/bin/sh
@@ -38,7 +39,27 @@ CGI
 sleep "\${QUERY_STRING:-1}"
 printf 'Content-Type: application/json\r\n\r\n{"version": "$v", "slept": "%s"}\n' "\$QUERY_STRING"
 CGI
-  chmod 755 "$root/www/cgi-bin/headers" "$root/www/cgi-bin/slow"
+  # busybox httpd passes a CGI's own status line (101) through and relays its
+  # output as written, so a CGI can hold a server-push WebSocket (RFC 6455).
+  cat >"$root/www/cgi-bin/ws" <<CGI
+#!/bin/sh
+key=\$HTTP_SEC_WEBSOCKET_KEY
+if [ -z "\$key" ] || [ "\$(echo "\$HTTP_UPGRADE" | tr A-Z a-z)" != websocket ]; then
+  printf 'Status: 400 Bad Request\r\nContent-Type: text/plain\r\n\r\nwebsocket upgrade expected\n'
+  exit 0
+fi
+accept=\$(printf '%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11' "\$key" | sha1sum | cut -d' ' -f1 | xxd -r -p | base64)
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "\$accept"
+n=0
+while [ "\$n" -lt "\${QUERY_STRING:-5}" ]; do
+  n=\$((n + 1))
+  msg="{\\"version\\": \\"$v\\", \\"n\\": \$n}"
+  printf "\\\\201\\\\\$(printf %03o \${#msg})%s" "\$msg"
+  sleep 1
+done
+printf '\210\000'
+CGI
+  chmod 755 "$root/www/cgi-bin/headers" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/ws"
   cat >"$root/start.sh" <<'START'
 #!/bin/sh
 # Serve /www on 8080. DEMO_FAIL_AFTER: remove /health after that many seconds.

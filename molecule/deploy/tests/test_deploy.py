@@ -8,11 +8,14 @@ locked deploy and a killed one. Load goes only to the target container.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import os
 import re
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -432,26 +435,84 @@ def long_request(base_url, seconds, into, method="GET"):
     return t
 
 
+def websocket(base_url, seconds, into):
+    """A WebSocket client (RFC 6455, by hand) on /cgi-bin/ws?SECONDS, in a
+    thread: the app pushes {"version", "n"} once a second and closes. INTO
+    gets the handshake's check, the messages and how it ended (close/eof/error)."""
+
+    def recv_exact(sock, buf, n):
+        while len(buf) < n:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf
+
+    def run():
+        key = base64.b64encode(os.urandom(16)).decode()
+        into["messages"] = []
+        try:
+            sock = socket.create_connection((base_url.split("://", 1)[1], 80), timeout=seconds + 60)
+            sock.sendall(
+                f"GET /cgi-bin/ws?{seconds} HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf = recv_exact(sock, buf, len(buf) + 1)
+            head, buf = buf.split(b"\r\n\r\n", 1)
+            accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+            into["upgraded"] = head.startswith(b"HTTP/1.1 101") and accept in head.decode()
+            while True:
+                buf = recv_exact(sock, buf, 2)
+                opcode, length = buf[0] & 0x0F, buf[1] & 0x7F
+                buf = recv_exact(sock, buf, 2 + length)
+                payload, buf = buf[2 : 2 + length], buf[2 + length :]
+                if opcode == 8:
+                    into["end"] = "close"
+                    break
+                into["messages"].append(json.loads(payload))
+            sock.close()
+        except EOFError:
+            into["end"] = "eof"
+        except (OSError, ValueError) as exc:
+            into["end"] = f"error {exc!r}"[:200]
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    time.sleep(1)
+    return t
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
 def test_long_requests_outlive_back_to_back_deploys_and_a_rollback(base_url, target):
-    """A request that began before a switch keeps running on the drained
+    """A request (and a WebSocket) that began before a switch keeps running on the drained
     colour; the NEXT deploy, which replaces that colour, waits for it
     (app_drain_timeout) instead of cutting it with a 502. Keep-alive clients
     and the usual load see no failure."""
-    first, second = {}, {}
+    first, second, ws = {}, {}, {}
     with Load(base_url) as load, KeepAlive(base_url) as keep:
         t1 = long_request(base_url, 25, first)
+        tw = websocket(base_url, 25, ws)
         rc1, out1, s1 = play("deploy.yml", "-e", "app_version=v1")
         rc2, out2, s2 = play("deploy.yml", "-e", "app_version=v2")
         t2 = long_request(base_url, 15, second)
         rc3, out3, s3 = play("rollback.yml")
         t1.join(90)
         t2.join(90)
+        tw.join(90)
     record("long requests across deploy, deploy, rollback", load, s1 + s2 + s3, max(rc1, rc2, rc3))
     assert rc1 == 0, out1[-3000:]
     assert rc2 == 0, out2[-3000:]
     assert rc3 == 0, out3[-3000:]
     assert first.get("status") == 200 and first["body"]["version"] == "v2", first
     assert second.get("status") == 200 and second["body"]["version"] == "v2", second
+    # The WebSocket opened on v2 stayed open through both deploys and the rollback.
+    assert ws.get("upgraded") and ws.get("end") == "close", ws
+    assert [m["n"] for m in ws["messages"]] == list(range(1, 26)), ws
+    assert {m["version"] for m in ws["messages"]} == {"v2"}, ws
     assert "outlived app_drain_timeout" not in out2
     assert load.failed == 0, load.errors[:5]
     assert keep.failed == 0 and keep.ok > 100, (keep.ok, keep.errors[:5])
