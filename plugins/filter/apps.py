@@ -1,0 +1,72 @@
+# Copyright: onebox.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: apps
+short_description: The checked app model (onebox_apps), or one app read from the old single-app variables
+version_added: "0.2.0"
+description:
+  - Checks a list of apps and completes each with its defaults and C(derived) names (HAProxy backend, host
+    ports of the blue and green colours, container names, state/config/backup directories, lock, history).
+  - A bad model fails with one line per mistake (two apps with the same name or domain, colliding ports, a
+    worker with a domain, an unknown kind, a web app without a health path...).
+  - When the list is empty and O(legacy) holds C(app_image), the old single-app variables are read as one app.
+options:
+  _input:
+    description: The apps (C(onebox_apps)).
+    type: list
+    elements: dict
+    required: true
+  legacy:
+    description: The old single-app variables (C(app_name), C(app_image), C(app_domain)...), by name.
+    type: dict
+    default: {}
+author:
+  - onebox.platform developers (@onebox)
+"""
+
+EXAMPLES = r"""
+- name: Every HAProxy backend, from the model
+  ansible.builtin.debug:
+    msg: "{{ onebox_apps | onebox.platform.apps | map(attribute='derived.backend') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The apps, each with all settings and C(derived).
+  type: list
+  elements: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.onebox.platform.plugins.module_utils import apps as model
+
+
+def apps(value, legacy=None):
+    try:
+        raw = list(value or [])
+        if not raw and legacy:
+            raw = model.from_legacy(legacy)
+        return model.normalize(raw)
+    except model.ModelError as exc:
+        raise AnsibleFilterError(f"onebox_apps: {exc}") from None
+
+
+def app_select(value, wanted="all"):
+    try:
+        return model.select(value, wanted)
+    except model.ModelError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+def app_paths(name):
+    if not isinstance(name, str) or not model.NAME.match(name):
+        raise AnsibleFilterError(f"app_paths: {name!r} is not an app name")
+    return model.paths(name)
+
+
+class FilterModule:
+    def filters(self):
+        return {"apps": apps, "app_select": app_select, "app_paths": app_paths}

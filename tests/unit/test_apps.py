@@ -1,0 +1,109 @@
+"""module_utils/apps: the one app model - defaults, derived names, and bad
+models refused with one line per mistake."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.onebox.platform.plugins.module_utils import apps as model
+
+
+def web(name, *domains, **kw):
+    return dict(name=name, image=f"registry.example.com/{name}", domains=list(domains), health_path="/health", **kw)
+
+
+def worker(name, **kw):
+    return dict(name=name, image=f"registry.example.com/{name}", kind="worker", **kw)
+
+
+PLATFORM = [
+    web("auth", "auth.example.com"),
+    web("api", "api.example.com"),
+    web("www", "example.com", "www.example.com"),
+    worker("jobs"),
+]
+
+
+def test_a_platform_normalizes_with_derived_names():
+    apps = model.normalize(PLATFORM)
+    assert [a["name"] for a in apps] == ["auth", "api", "www", "jobs"]
+    api = apps[1]
+    assert api["derived"]["backend"] == "app_api"
+    assert api["derived"]["containers"] == {"blue": "api-blue", "green": "api-green"}
+    assert api["derived"]["state_dir"] == "/var/lib/onebox/api"
+    assert api["derived"]["lock"] == "/var/lib/onebox/api/deploy.lock"
+    assert api["derived"]["ports"] == {"blue": api["blue_port"], "green": api["green_port"]}
+    assert api["container_port"] == 8080 and api["kind"] == "web"
+    jobs = apps[3]
+    assert jobs["derived"]["containers"] == {"worker": "jobs-worker"} and jobs["derived"]["ports"] == {}
+    assert jobs["worker_order"] == "start-first"
+    ports = [p for a in apps for p in a["derived"]["ports"].values()]
+    assert len(ports) == len(set(ports)) == 6
+
+
+def test_derived_ports_do_not_move_when_an_app_is_added():
+    before = {a["name"]: a["derived"]["ports"] for a in model.normalize(PLATFORM)}
+    after = {a["name"]: a["derived"]["ports"] for a in model.normalize([web("new", "new.example.com"), *PLATFORM])}
+    assert all(after[n] == p for n, p in before.items())
+
+
+@pytest.mark.parametrize(
+    "apps,message",
+    [
+        ([web("api", "a.example.com"), web("api", "b.example.com")], "two apps are named 'api'"),
+        (
+            [web("api", "example.com"), web("www", "example.com")],
+            "domain example.com is claimed by both 'api' and 'www'",
+        ),
+        (
+            [
+                web("api", "a.example.com", blue_port=19000, green_port=19001),
+                web("www", "b.example.com", blue_port=19001, green_port=19002),
+            ],
+            "blue_port 19001 is already used by 'api' (green)",
+        ),
+        ([worker("jobs", domains=["jobs.example.com"])], "a worker serves no HTTP, so it takes no domains"),
+        ([dict(web("api", "a.example.com"), kind="cron")], "kind 'cron' is unknown; use web or worker"),
+        ([dict(web("api", "a.example.com"), health_path=None)], "a web app needs health_path"),
+        ([web("api")], "a web app needs at least one domain"),
+        ([web("API", "a.example.com")], "must be lowercase letters"),
+        ([dict(web("api", "a.example.com"), imgae="x")], "unknown setting(s) imgae"),
+        ([web("api", "a.example.com", blue_port=70000)], "blue_port must be a port number from 1 to 65535"),
+        ([worker("jobs", worker_order="whenever")], "worker_order 'whenever' is unknown"),
+        ([dict(name="api", domains=["a.example.com"], health_path="/h")], "image is required"),
+    ],
+)
+def test_bad_models_are_refused_with_one_line_each(apps, message):
+    with pytest.raises(model.ModelError) as exc:
+        model.normalize(apps)
+    assert message in str(exc.value)
+
+
+def test_every_mistake_is_listed_at_once():
+    with pytest.raises(model.ModelError) as exc:
+        model.normalize([web("api"), worker("jobs", domains=["x.example.com"])])
+    assert len(str(exc.value).splitlines()) == 2
+
+
+def test_old_single_app_variables_are_one_app():
+    legacy = {
+        "app_name": "demo",
+        "app_image": "local/demo",
+        "app_domain": "demo.test",
+        "app_database_container": "demo-postgres",
+    }
+    (app,) = model.normalize(model.from_legacy(legacy))
+    assert app["name"] == "demo" and app["domains"] == ["demo.test"] and app["health_path"] == "/health"
+    assert (app["blue_port"], app["green_port"]) == (18001, 18002)
+    assert app["database"] == "demo" and app["derived"]["backend"] == "app_demo"
+    assert model.from_legacy({"app_name": "x"}) == []
+
+
+def test_select():
+    apps = model.normalize(PLATFORM)
+    assert [a["name"] for a in model.select(apps, "api")] == ["api"]
+    assert [a["name"] for a in model.select(apps, "www,auth")] == ["auth", "www"]
+    assert len(model.select(apps, "all")) == 4
+    with pytest.raises(model.ModelError) as exc:
+        model.select(apps, "ap")
+    assert "-e app=ap names no app of this inventory; its apps are: auth, api, www, jobs" in str(exc.value)
