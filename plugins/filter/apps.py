@@ -23,6 +23,12 @@ options:
     description: The old single-app variables (C(app_name), C(app_image), C(app_domain)...), by name.
     type: dict
     default: {}
+  routing_only:
+    description:
+      - Check only what routing needs (no image), as the haproxy role used alone does. The result then has no
+        C(env) or C(secret_env), so it can be shown without leaking secrets.
+    type: bool
+    default: false
 author:
   - onebox.platform developers (@onebox)
 """
@@ -44,12 +50,16 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
 
 
-def apps(value, legacy=None):
+def apps(value, legacy=None, routing_only=False):
     try:
         raw = list(value or [])
         if not raw and legacy:
             raw = model.from_legacy(legacy)
-        return model.normalize(raw)
+        out = model.normalize(raw, need_image=not routing_only)
+        if routing_only:
+            # Routing needs no environment: keep secrets out of the result.
+            out = [{k: v for k, v in app.items() if k not in ("env", "secret_env")} for app in out]
+        return out
     except model.ModelError as exc:
         raise AnsibleFilterError(f"onebox_apps: {exc}") from None
 

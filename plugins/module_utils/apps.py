@@ -18,7 +18,7 @@ import zlib
 KINDS = ("web", "worker")
 COLOURS = ("blue", "green")
 # Docker container names, HAProxy backend names and directory names alike.
-NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,39}$")
 DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Host ports of the colours when the model names none: stable per app name
 # (inserting an app never moves another's ports), in 20000-27999, loopback only.
@@ -50,8 +50,10 @@ DEFAULTS = {
     "worker_order": "start-first",
     "blue_port": None,
     "green_port": None,
+    "maintenance_html": None,
 }
-KNOWN = set(DEFAULTS) | {"name", "image"}
+# "domain" (one) is read as "domains" (a list), as the haproxy role took it.
+KNOWN = set(DEFAULTS) | {"name", "image", "domain"}
 
 
 class ModelError(ValueError):
@@ -80,6 +82,7 @@ def paths(name):
         "lock": f"{STATE_ROOT}/{name}/deploy.lock",
         "releases": f"{STATE_ROOT}/{name}/releases.jsonl",
         "audit_log": f"{STATE_ROOT}/{name}/audit.log",
+        "maintenance_file": f"{STATE_ROOT}/{name}/maintenance-colour",
         "network": f"onebox_{name}",
     }
 
@@ -105,7 +108,7 @@ def _port(value, where, errors):
     return port
 
 
-def _one(raw, index, errors):
+def _one(raw, index, errors, need_image=True):
     where = f"onebox_apps[{index}]"
     if not isinstance(raw, dict):
         errors.append(f"{where} must be a mapping (name, image, kind...), not {type(raw).__name__}")
@@ -113,7 +116,7 @@ def _one(raw, index, errors):
     name = raw.get("name")
     if not isinstance(name, str) or not NAME.match(name):
         errors.append(
-            f"{where}.name {name!r} must be lowercase letters, digits and '-', starting with a letter (at most 40)"
+            f"{where}.name {name!r} must be letters, digits, _ and -, starting with a letter or digit (at most 40)"
         )
         return None
     where = f"app '{name}'"
@@ -121,9 +124,12 @@ def _one(raw, index, errors):
     if unknown:
         errors.append(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN))})")
     app = dict(DEFAULTS)
-    app.update({k: v for k, v in raw.items() if k in KNOWN})
-    if not app.get("image") or not isinstance(app["image"], str):
+    app.update({k: v for k, v in raw.items() if k in KNOWN and k != "domain"})
+    if raw.get("domain") and not raw.get("domains"):
+        app["domains"] = [raw["domain"]]
+    if need_image and (not app.get("image") or not isinstance(app["image"], str)):
         errors.append(f"{where}: image is required (the repository, without a tag)")
+    app.setdefault("image", "")
     if app["kind"] not in KINDS:
         errors.append(f"{where}: kind {app['kind']!r} is unknown; use web or worker")
         return app
@@ -163,16 +169,17 @@ def _one(raw, index, errors):
     return app
 
 
-def normalize(apps, reserved_ports=()):
+def normalize(apps, reserved_ports=(), need_image=True):
     """Check and complete a list of apps; every entry gets the defaults and
     ``derived``. Raises ModelError listing every mistake. RESERVED_PORTS
-    (host ports something else on the server uses) must not be taken."""
+    (host ports something else on the server uses) must not be taken.
+    NEED_IMAGE=False: for routing only (the haproxy role alone)."""
     if apps is None:
         apps = []
     if not isinstance(apps, list):
         raise ModelError(f"onebox_apps must be a list of apps, not {type(apps).__name__}")
     errors = []
-    out = [_one(raw, i, errors) for i, raw in enumerate(apps)]
+    out = [_one(raw, i, errors, need_image) for i, raw in enumerate(apps)]
     out = [a for a in out if a is not None]
     seen_names, seen_domains, seen_ports = {}, {}, {p: "reserved" for p in reserved_ports}
     for app in out:

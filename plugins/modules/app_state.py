@@ -136,9 +136,10 @@ rollback_target:
 """
 
 import json
-import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.onebox.platform.plugins.module_utils import release_log
+from ansible_collections.onebox.platform.plugins.module_utils.apps import backend_name
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     HAProxyError,
     RuntimeClient,
@@ -176,32 +177,18 @@ def colour_info(name, container):
 
 
 def read_history(module, path):
-    if not path or not os.path.exists(path):
-        return []
-    releases = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                releases.append(json.loads(line))
-            except ValueError:
-                module.fail_json(
-                    msg=f"{path} line {number} is not JSON: {line.strip()[:120]!r}. "
-                    "Fix or remove that line; nothing was changed."
-                )
-    return releases
+    try:
+        return release_log.read_releases(path)
+    except release_log.ReleaseLogError as exc:
+        module.fail_json(msg=str(exc))
 
 
 def read_maintenance(module, path, colours):
     """The colour maintenance=off will bring back, or "" when not in maintenance."""
-    if not path or not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8") as fh:
-        colour = fh.read().strip()
-    if colour and colour not in colours:
-        module.fail_json(msg=f"{path} names colour {colour!r}, not one of {', '.join(colours)}. Fix or remove it.")
-    return colour
+    try:
+        return release_log.read_maintenance(path, colours)
+    except release_log.ReleaseLogError as exc:
+        module.fail_json(msg=str(exc))
 
 
 def main():
@@ -220,7 +207,7 @@ def main():
     p = module.params
     if len(p["colours"]) < 2 or len(set(p["colours"])) != len(p["colours"]):
         module.fail_json(msg=f"colours needs two or more different names, got {p['colours']}")
-    backend = p["backend"] or f"app_{p['app']}"
+    backend = p["backend"] or backend_name(p["app"])
     try:
         servers = describe_servers(RuntimeClient(p["socket"], timeout=p["timeout"]), backend)
     except HAProxyError as exc:

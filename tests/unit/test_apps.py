@@ -4,7 +4,6 @@ models refused with one line per mistake."""
 from __future__ import annotations
 
 import pytest
-
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
 
 
@@ -66,7 +65,7 @@ def test_derived_ports_do_not_move_when_an_app_is_added():
         ([dict(web("api", "a.example.com"), kind="cron")], "kind 'cron' is unknown; use web or worker"),
         ([dict(web("api", "a.example.com"), health_path=None)], "a web app needs health_path"),
         ([web("api")], "a web app needs at least one domain"),
-        ([web("API", "a.example.com")], "must be lowercase letters"),
+        ([web("-api", "a.example.com")], "must be letters, digits, _ and -"),
         ([dict(web("api", "a.example.com"), imgae="x")], "unknown setting(s) imgae"),
         ([web("api", "a.example.com", blue_port=70000)], "blue_port must be a port number from 1 to 65535"),
         ([worker("jobs", worker_order="whenever")], "worker_order 'whenever' is unknown"),
@@ -107,3 +106,8 @@ def test_select():
     with pytest.raises(model.ModelError) as exc:
         model.select(apps, "ap")
     assert "-e app=ap names no app of this inventory; its apps are: auth, api, www, jobs" in str(exc.value)
+
+
+def test_routing_only_needs_no_image_and_takes_one_domain():
+    (app,) = model.normalize([{"name": "api", "domain": "api.example.com", "health_path": "/up"}], need_image=False)
+    assert app["domains"] == ["api.example.com"] and app["derived"]["backend"] == "app_api"

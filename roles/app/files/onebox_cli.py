@@ -1,0 +1,307 @@
+"""onebox: the incident path on the server, for when all you have is SSH.
+
+    sudo onebox status [APP]
+    sudo onebox rollback APP [--to VERSION]
+    sudo onebox maintenance APP on|off
+
+The same engine as the playbooks (the collection's module_utils, installed
+beside this file): the same deploy lock, release history, audit log, HAProxy
+Runtime API calls and rollback choice. A rollback here is the fast one - the
+standby colour still runs the target release, one switch; anything more
+(starting an old image, restoring the database) is playbooks/rollback.yml.
+Settings: /etc/onebox/onebox.json (written by the app role)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+
+import apps
+import deploy_lock
+import haproxy
+import release_log
+import releases
+
+CONFIG = "/etc/onebox/onebox.json"
+DEFAULTS = {
+    "haproxy_socket": "/run/haproxy/admin.sock",
+    "haproxy_state_file": "/var/lib/haproxy/server-state",
+    "drain_timeout": 30,
+    "health_timeout": 30,
+}
+
+
+class Refused(Exception):
+    """Stop with this message; nothing was changed unless it says so."""
+
+
+def settings():
+    out = dict(DEFAULTS)
+    if os.path.exists(CONFIG):
+        with open(CONFIG, encoding="utf-8") as fh:
+            out.update(json.load(fh))
+    return out
+
+
+def actor():
+    who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
+    return f"{who}@{socket.gethostname()} (onebox)"
+
+
+def known_apps():
+    root = apps.STATE_ROOT
+    if not os.path.isdir(root):
+        return []
+    return sorted(
+        name
+        for name in os.listdir(root)
+        if apps.NAME.match(name) and os.path.exists(os.path.join(root, name, "releases.jsonl"))
+    )
+
+
+def docker_colours(name):
+    """{colour: {running, version, image}} of the app's two containers."""
+    out = {}
+    for colour in apps.COLOURS:
+        container = f"{name}-{colour}"
+        proc = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .}}", container], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            out[colour] = {"running": False, "version": "", "image": "", "exists": False}
+            continue
+        info = json.loads(proc.stdout)
+        labels = (info.get("Config") or {}).get("Labels") or {}
+        out[colour] = {
+            "running": bool((info.get("State") or {}).get("Running")),
+            "version": labels.get("onebox_version", ""),
+            "image": (info.get("Config") or {}).get("Image", ""),
+            "exists": True,
+        }
+    return out
+
+
+class App:
+    def __init__(self, name, cfg):
+        if name not in known_apps():
+            raise Refused(f"no app '{name}' on this server (apps: {', '.join(known_apps()) or 'none'})")
+        self.name = name
+        self.cfg = cfg
+        self.paths = apps.paths(name)
+        self.maintenance_file = self.paths["maintenance_file"]
+        self.client = haproxy.RuntimeClient(cfg["haproxy_socket"])
+
+    def state(self):
+        servers = haproxy.describe_servers(self.client, self.paths["backend"])
+        colours = docker_colours(self.name)
+        active = haproxy.live_servers(servers)
+        live = next((c for c in apps.COLOURS if c in active and colours[c]["running"]), "")
+        maintenance = "" if live else release_log.read_maintenance(self.maintenance_file, apps.COLOURS)
+        history = release_log.read_releases(self.paths["releases"])
+        current = live or maintenance
+        return {
+            "servers": servers,
+            "colours": colours,
+            "live": live,
+            "maintenance": maintenance,
+            "current": current,
+            "idle": next(c for c in apps.COLOURS if c != current),
+            "history": history,
+            "current_version": colours[current]["version"] if current else "",
+        }
+
+    def lock(self, what):
+        try:
+            holder, _waited, _broke = deploy_lock.acquire(
+                self.paths["lock"],
+                owner=actor(),
+                version=what,
+                message=what,
+                controller=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        except deploy_lock.LockError as exc:
+            raise Refused(f"{exc} Nothing was changed.") from None
+        return holder
+
+    def unlock(self, holder):
+        deploy_lock.release(self.paths["lock"], holder["token"])
+
+    def switch(self, active, inactive_state="drain", allow_empty=False):
+        sw = haproxy.Switch(
+            self.client,
+            self.paths["backend"],
+            active,
+            inactive_state=inactive_state,
+            health_timeout=self.cfg["health_timeout"],
+            drain_timeout=self.cfg["drain_timeout"],
+        )
+        sw.allow_empty = allow_empty
+        result = sw.run()
+        self.client.save_state(self.cfg["haproxy_state_file"])
+        return result
+
+    def audit(self, action, detail):
+        release_log.append_audit(self.paths["audit_log"], action, detail, actor())
+
+
+def cmd_status(cfg, args):
+    names = [args.app] if args.app else known_apps()
+    if not names:
+        print("No app has been deployed on this server yet.")
+        return 0
+    for name in names:
+        app = App(name, cfg)
+        st = app.state()
+        where = (
+            f"live on {st['live']} ({st['current_version']})"
+            if st["live"]
+            else f"IN MAINTENANCE (maintenance off brings back {st['maintenance']}, {st['current_version']})"
+            if st["maintenance"]
+            else "DOWN: no colour is live"
+        )
+        print(f"{name}: {where}")
+        for colour, c in st["colours"].items():
+            srv = st["servers"].get(colour, {})
+            run = "running" if c["running"] else ("stopped" if c["exists"] else "absent")
+            print(
+                f"  {colour:5} {c['version'] or '-':12} container {run:8} haproxy {srv.get('admin_state', '?')}/"
+                f"{srv.get('op_state', '?')} sessions {srv.get('sessions', 0)}"
+            )
+        holder = deploy_lock.read_holder(app.paths["lock"])
+        if holder:
+            print(f"  locked: {deploy_lock.describe(holder)}")
+        target = releases.rollback_target(st["history"], st["current_version"])
+        print(f"  rollback target: {target or 'none'}")
+        for rel in st["history"][-args.last :]:
+            print(
+                f"  {rel.get('time', '?'):20} {rel.get('action', '?'):8} {rel.get('version', '?'):12} "
+                f"{rel.get('colour', '')}  by {rel.get('by', '?')}"
+            )
+    return 0
+
+
+def cmd_rollback(cfg, args):
+    app = App(args.app, cfg)
+    holder = app.lock(f"rollback{(' to ' + args.to) if args.to else ''}")
+    try:
+        st = app.state()
+        if not st["live"]:
+            raise Refused(
+                f"{app.name} has no live colour (maintenance or down); use playbooks/rollback.yml. Nothing was changed."
+            )
+        target = args.to or releases.rollback_target(st["history"], st["current_version"])
+        if not target:
+            raise Refused(
+                f"no release of {app.name} to go back to before {st['current_version']}. Nothing was changed."
+            )
+        idle = st["idle"]
+        standby = st["colours"][idle]
+        if not (standby["running"] and standby["version"] == target):
+            raise Refused(
+                f"the standby colour {idle} runs {standby['version'] or 'nothing'}"
+                f"{'' if standby['running'] else ' (stopped)'}, not {target}: this needs the image started first. "
+                f"Run playbooks/rollback.yml{(' -e rollback_to=' + target) if args.to else ''} from a controller. "
+                "Nothing was changed."
+            )
+        t0 = time.monotonic()
+        active = [idle]
+        if haproxy.fallback_name(st["live"]) in st["servers"]:
+            active.append(haproxy.fallback_name(st["live"]))
+        result = app.switch(active)
+        took = round(time.monotonic() - t0, 3)
+        release = release_log.append_release(
+            app.paths["releases"],
+            {
+                "action": "rollback",
+                "version": target,
+                "image": standby["image"],
+                "colour": idle,
+                "previous_colour": st["live"],
+                "previous_version": st["current_version"],
+                "switch_ms": result["switch_ms"],
+                "by": actor(),
+                "via": "onebox",
+            },
+        )
+        app.audit(
+            "rollback-ok",
+            f"from={st['current_version']} to={target} colour={idle} switch_ms={result['switch_ms']} via=onebox",
+        )
+        print(
+            f"{app.name}: rolled back from {st['current_version']} to {target} ({idle}) in {took:g} s; "
+            f"recorded at {release['time']}."
+        )
+        return 0
+    finally:
+        app.unlock(holder)
+
+
+def cmd_maintenance(cfg, args):
+    app = App(args.app, cfg)
+    holder = app.lock(f"maintenance {args.mode}")
+    try:
+        st = app.state()
+        if args.mode == "on":
+            if st["maintenance"]:
+                print(f"{app.name} is already in maintenance; nothing was changed.")
+                return 0
+            if st["live"]:
+                release_log.write_maintenance(app.maintenance_file, st["live"])
+            app.switch([], inactive_state="maint", allow_empty=True)
+            app.audit("maintenance-on", "via=onebox")
+            print(
+                f"{app.name}: in maintenance (the maintenance page shows); "
+                f"'onebox maintenance {app.name} off' brings back {st['live'] or 'nothing'}."
+            )
+            return 0
+        if not st["maintenance"]:
+            print(f"{app.name} is not in maintenance ({st['live'] or 'no colour'} is live); nothing was changed.")
+            return 0
+        app.switch([st["maintenance"]])
+        release_log.clear_maintenance(app.maintenance_file)
+        app.audit("maintenance-off", "via=onebox")
+        print(f"{app.name}: back on {st['maintenance']} ({st['current_version']}).")
+        return 0
+    finally:
+        app.unlock(holder)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="onebox", description="The incident path on the server (same engine, lock and history as the playbooks)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", help="live colour, versions, lock and the last releases of each app")
+    p.add_argument("app", nargs="?")
+    p.add_argument("--last", type=int, default=5)
+    p = sub.add_parser("rollback", help="switch back to the standby colour's release (one switch)")
+    p.add_argument("app")
+    p.add_argument("--to", help="the version to go back to (default: the previous good release)")
+    p = sub.add_parser("maintenance", help="show the maintenance page, or bring the release back")
+    p.add_argument("app")
+    p.add_argument("mode", choices=["on", "off"])
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("onebox: run it as root (sudo onebox ...).", file=sys.stderr)
+        return 2
+    cfg = settings()
+    try:
+        return {"status": cmd_status, "rollback": cmd_rollback, "maintenance": cmd_maintenance}[args.command](cfg, args)
+    except Refused as exc:
+        print(f"onebox: {exc}", file=sys.stderr)
+        return 1
+    except (haproxy.HAProxyError, release_log.ReleaseLogError, OSError) as exc:
+        print(f"onebox: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
