@@ -53,7 +53,9 @@ DEFAULTS = {
     "maintenance_html": None,
 }
 # "domain" (one) is read as "domains" (a list), as the haproxy role took it.
-KNOWN = set(DEFAULTS) | {"name", "image", "domain"}
+# "derived" is recomputed: a checked model can be checked again (a role given
+# the model another role produced).
+KNOWN = set(DEFAULTS) | {"name", "image", "domain", "derived"}
 
 
 class ModelError(ValueError):
@@ -124,7 +126,7 @@ def _one(raw, index, errors, need_image=True):
     if unknown:
         errors.append(f"{where}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(KNOWN))})")
     app = dict(DEFAULTS)
-    app.update({k: v for k, v in raw.items() if k in KNOWN and k != "domain"})
+    app.update({k: v for k, v in raw.items() if k in KNOWN and k not in ("domain", "derived")})
     if raw.get("domain") and not raw.get("domains"):
         app["domains"] = [raw["domain"]]
     if need_image and (not app.get("image") or not isinstance(app["image"], str)):

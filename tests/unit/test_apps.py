@@ -111,3 +111,8 @@ def test_select():
 def test_routing_only_needs_no_image_and_takes_one_domain():
     (app,) = model.normalize([{"name": "api", "domain": "api.example.com", "health_path": "/up"}], need_image=False)
     assert app["domains"] == ["api.example.com"] and app["derived"]["backend"] == "app_api"
+
+
+def test_a_checked_model_checks_again_to_the_same():
+    once = model.normalize(PLATFORM)
+    assert model.normalize(once) == once

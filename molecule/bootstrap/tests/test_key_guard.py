@@ -51,8 +51,8 @@ def run_keys(ssh_vars, keys, fingerprint=""):
 
 
 def test_a_key_list_without_the_sessions_key_is_refused(target, ssh_vars, tmp_path):
-    new_pub, _ = key_pair(tmp_path, "new-laptop")
-    _, mine = session_key()
+    new_pub = key_pair(tmp_path, "new-laptop")[0]
+    mine = session_key()[1]
     before = target.check_output(f"sha256sum {KEYS}")
     res = run_keys(ssh_vars, [new_pub])
     out = one_line(res)
