@@ -37,5 +37,6 @@ The demo is live.
   Deploy again: ansible-playbook -i inventories/local playbooks/deploy.yml -e app_version=v1
   Roll back:    ansible-playbook -i inventories/local playbooks/rollback.yml
   History:      docker exec onebox-local cat /var/lib/onebox/demo/releases.jsonl
+  On the server: docker exec onebox-local onebox status   (onebox rollback demo, onebox maintenance demo on|off)
   Throw away:   scripts/local-server.sh down
 MSG
