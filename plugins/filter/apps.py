@@ -48,6 +48,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
+from ansible_collections.onebox.platform.plugins.module_utils.releases import keep_versions
 
 
 def apps(value, legacy=None, routing_only=False):
@@ -77,6 +78,10 @@ def app_paths(name):
     return model.paths(name)
 
 
+def release_keep(versions, keep, running=None):
+    return keep_versions(versions or [], keep, running or [])
+
+
 class FilterModule:
     def filters(self):
-        return {"apps": apps, "app_select": app_select, "app_paths": app_paths}
+        return {"apps": apps, "app_select": app_select, "app_paths": app_paths, "release_keep": release_keep}

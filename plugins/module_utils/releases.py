@@ -28,3 +28,15 @@ def rollback_target(releases, current):
         if version and version not in skip:
             return version
     return ""
+
+
+def keep_versions(versions, keep, running=()):
+    """The versions whose images a prune keeps: the ``keep`` newest distinct
+    versions of the history (VERSIONS, oldest first; a rollback may need
+    them) and every version in RUNNING (what the colours run, the one being
+    deployed). Sorted, for a stable result."""
+    newest = []
+    for version in reversed(list(versions)):
+        if version and version not in newest:
+            newest.append(version)
+    return sorted(set(newest[: max(int(keep), 0)]) | {v for v in running if v})

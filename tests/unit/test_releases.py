@@ -32,3 +32,14 @@ def test_a_rolled_back_release_deployed_again_counts_again():
 def test_empty_and_first_release():
     assert rollback_target([], "") == ""
     assert rollback_target([deploy("v1")], "v1") == ""
+
+
+def test_keep_the_newest_distinct_versions_and_what_runs():
+    from ansible_collections.onebox.platform.plugins.module_utils.releases import keep_versions
+
+    history = ["v1", "v2", "v3", "v2", "v4", "v5"]
+    assert keep_versions(history, 3) == ["v2", "v4", "v5"]
+    # A rolled-back v2 deployed again counts as new; what the colours run stays whatever its age.
+    assert keep_versions(history, 2, ["v1", "v6"]) == ["v1", "v4", "v5", "v6"]
+    assert keep_versions(history, 0, ["v5"]) == ["v5"]
+    assert keep_versions([], 5, ["", "v1"]) == ["v1"]
