@@ -146,6 +146,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     describe_servers,
     live_servers,
 )
+from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, resolve
 from ansible_collections.onebox.platform.plugins.module_utils.releases import rollback_target
 
 
@@ -161,19 +162,6 @@ def containers(module, names):
     except ValueError:
         module.fail_json(msg=f"docker container inspect printed something that is not JSON: {out[:200]}")
     return {c["Name"].lstrip("/"): c for c in found}
-
-
-def colour_info(name, container):
-    if not container:
-        return dict(exists=False, running=False, version="", image="", container=name)
-    config = container.get("Config") or {}
-    return dict(
-        exists=True,
-        running=bool((container.get("State") or {}).get("Running")),
-        version=(config.get("Labels") or {}).get("onebox_version", ""),
-        image=config.get("Image", ""),
-        container=name,
-    )
 
 
 def read_history(module, path):
@@ -216,21 +204,20 @@ def main():
     names = {colour: f"{p['app']}-{colour}" for colour in p["colours"]}
     found = containers(module, list(names.values()))
     colours = {colour: colour_info(name, found.get(name)) for colour, name in names.items()}
-    live = next((c for c in p["colours"] if c in active and colours[c]["running"]), "")
-    maintenance = "" if live else read_maintenance(module, p["maintenance_file"], p["colours"])
-    current = live or maintenance
-    idle = next(c for c in p["colours"] if c != current)
+    state = resolve(
+        p["colours"], active, colours, lambda: read_maintenance(module, p["maintenance_file"], p["colours"])
+    )
     releases = read_history(module, p["history"])
     module.exit_json(
         changed=False,
-        live_colour=live,
-        current_colour=current,
-        maintenance_colour=maintenance,
-        idle_colour=idle,
+        live_colour=state["live"],
+        current_colour=state["current"],
+        maintenance_colour=state["maintenance"],
+        idle_colour=state["idle"],
         haproxy_active=active,
         colours=colours,
         releases=releases,
-        rollback_target=rollback_target(releases, colours[current]["version"] if current else ""),
+        rollback_target=rollback_target(releases, state["current_version"]),
     )
 
 

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib
 import apps
 import deploy_lock
 import haproxy
+import live_state
 import release_log
 import releases
 
@@ -67,25 +68,17 @@ def known_apps():
 
 
 def docker_colours(name):
-    """{colour: {running, version, image}} of the app's two containers."""
-    out = {}
-    for colour in apps.COLOURS:
-        container = f"{name}-{colour}"
-        proc = subprocess.run(
-            ["docker", "inspect", "--format", "{{json .}}", container], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            out[colour] = {"running": False, "version": "", "image": "", "exists": False}
-            continue
-        info = json.loads(proc.stdout)
-        labels = (info.get("Config") or {}).get("Labels") or {}
-        out[colour] = {
-            "running": bool((info.get("State") or {}).get("Running")),
-            "version": labels.get("onebox_version", ""),
-            "image": (info.get("Config") or {}).get("Image", ""),
-            "exists": True,
-        }
-    return out
+    """{colour: live_state.colour_info} of the app's containers, from one
+    `docker container inspect` (a missing container is left out of its output)."""
+    names = {colour: f"{name}-{colour}" for colour in apps.COLOURS}
+    proc = subprocess.run(
+        ["docker", "container", "inspect", *names.values()], capture_output=True, text=True, check=False
+    )
+    try:
+        found = {c["Name"].lstrip("/"): c for c in json.loads(proc.stdout or "[]")}
+    except ValueError:
+        raise Refused(f"docker container inspect failed: {proc.stderr.strip()[:200]}") from None
+    return {colour: live_state.colour_info(cname, found.get(cname)) for colour, cname in names.items()}
 
 
 class App:
@@ -101,21 +94,14 @@ class App:
     def state(self):
         servers = haproxy.describe_servers(self.client, self.paths["backend"])
         colours = docker_colours(self.name)
-        active = haproxy.live_servers(servers)
-        live = next((c for c in apps.COLOURS if c in active and colours[c]["running"]), "")
-        maintenance = "" if live else release_log.read_maintenance(self.maintenance_file, apps.COLOURS)
-        history = release_log.read_releases(self.paths["releases"])
-        current = live or maintenance
-        return {
-            "servers": servers,
-            "colours": colours,
-            "live": live,
-            "maintenance": maintenance,
-            "current": current,
-            "idle": next(c for c in apps.COLOURS if c != current),
-            "history": history,
-            "current_version": colours[current]["version"] if current else "",
-        }
+        state = live_state.resolve(
+            apps.COLOURS,
+            haproxy.live_servers(servers),
+            colours,
+            lambda: release_log.read_maintenance(self.maintenance_file, apps.COLOURS),
+        )
+        state.update(servers=servers, colours=colours, history=release_log.read_releases(self.paths["releases"]))
+        return state
 
     def lock(self, what):
         try:

@@ -1,0 +1,37 @@
+"""module_utils/live_state: live, current and idle colour, decided once for
+the app_state module and the onebox program."""
+
+from __future__ import annotations
+
+from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, resolve
+
+ORDER = ["blue", "green"]
+
+
+def running(version):
+    return colour_info(
+        "x", {"State": {"Running": True}, "Config": {"Labels": {"onebox_version": version}, "Image": "i"}}
+    )
+
+
+def test_the_live_colour_is_active_and_running():
+    colours = {"blue": running("v1"), "green": running("v2")}
+    state = resolve(ORDER, ["green"], colours, lambda: "blue")
+    assert state == dict(live="green", maintenance="", current="green", idle="blue", current_version="v2")
+
+
+def test_an_active_colour_whose_container_is_gone_is_not_live():
+    colours = {"blue": running("v1"), "green": colour_info("app-green", None)}
+    state = resolve(ORDER, ["green"], colours, lambda: "")
+    assert state["live"] == "" and state["current"] == "" and state["idle"] == "blue"
+
+
+def test_in_maintenance_the_file_names_the_current_colour():
+    read = []
+    colours = {"blue": running("v1"), "green": running("v2")}
+    state = resolve(ORDER, [], colours, lambda: read.append(1) or "blue")
+    assert state == dict(live="", maintenance="blue", current="blue", idle="green", current_version="v1")
+    assert read == [1]
+    # With a live colour the file is not read at all.
+    resolve(ORDER, ["green"], colours, lambda: read.append(2) or "blue")
+    assert read == [1]
