@@ -58,6 +58,13 @@ options:
     description: Socket timeout in seconds for HAProxy.
     type: float
     default: 5
+  kind:
+    description:
+      - V(web) reads the live colour from HAProxy. V(worker) (no HTTP, no backend) takes the colour whose container
+        runs as the live one.
+    type: str
+    choices: [web, worker]
+    default: web
 notes:
   - Needs the C(docker) command on the target.
 attributes:
@@ -189,21 +196,26 @@ def main():
             history=dict(type="path"),
             maintenance_file=dict(type="path"),
             timeout=dict(type="float", default=5.0),
+            kind=dict(type="str", choices=["web", "worker"], default="web"),
         ),
         supports_check_mode=True,
     )
     p = module.params
     if len(p["colours"]) < 2 or len(set(p["colours"])) != len(p["colours"]):
         module.fail_json(msg=f"colours needs two or more different names, got {p['colours']}")
-    backend = p["backend"] or backend_name(p["app"])
-    try:
-        servers = describe_servers(RuntimeClient(p["socket"], timeout=p["timeout"]), backend)
-    except HAProxyError as exc:
-        module.fail_json(msg=f"Cannot read backend {backend} from HAProxy at {p['socket']}: {exc}")
-    active = live_servers(servers)
     names = {colour: f"{p['app']}-{colour}" for colour in p["colours"]}
     found = containers(module, list(names.values()))
     colours = {colour: colour_info(name, found.get(name)) for colour, name in names.items()}
+    if p["kind"] == "worker":
+        # No HAProxy: the live colour of a worker is the one whose container runs.
+        active = [c for c in p["colours"] if colours[c]["running"]]
+    else:
+        backend = p["backend"] or backend_name(p["app"])
+        try:
+            servers = describe_servers(RuntimeClient(p["socket"], timeout=p["timeout"]), backend)
+        except HAProxyError as exc:
+            module.fail_json(msg=f"Cannot read backend {backend} from HAProxy at {p['socket']}: {exc}")
+        active = live_servers(servers)
     state = resolve(
         p["colours"], active, colours, lambda: read_maintenance(module, p["maintenance_file"], p["colours"])
     )

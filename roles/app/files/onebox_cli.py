@@ -9,7 +9,10 @@ beside this file): the same deploy lock, release history, audit log, HAProxy
 Runtime API calls and rollback choice. A rollback here is the fast one - the
 standby colour still runs the target release, one switch; anything more
 (starting an old image, restoring the database) is playbooks/rollback.yml.
-Settings: /etc/onebox/onebox.json (written by the app role)."""
+A worker's rollback starts its stopped container (the previous release) in
+place of the running one, in the app's order (module_utils worker).
+Settings: /etc/onebox/onebox.json and each app's settings file (apps.paths),
+written by the app role."""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import haproxy
 import live_state
 import release_log
 import releases
+import worker
 
 CONFIG = "/etc/onebox/onebox.json"
 DEFAULTS = {
@@ -90,13 +94,24 @@ class App:
         self.paths = apps.paths(name)
         self.maintenance_file = self.paths["maintenance_file"]
         self.client = haproxy.RuntimeClient(cfg["haproxy_socket"])
+        self.settings = {"kind": "web"}
+        if os.path.exists(self.paths["settings"]):
+            with open(self.paths["settings"], encoding="utf-8") as fh:
+                self.settings.update(json.load(fh))
+        self.kind = self.settings["kind"]
 
     def state(self):
-        servers = haproxy.describe_servers(self.client, self.paths["backend"])
         colours = docker_colours(self.name)
+        if self.kind == "worker":
+            # No HAProxy backend: the live colour is the one whose container runs.
+            servers = {}
+            active = [c for c in apps.COLOURS if colours[c]["running"]]
+        else:
+            servers = haproxy.describe_servers(self.client, self.paths["backend"])
+            active = haproxy.live_servers(servers)
         state = live_state.resolve(
             apps.COLOURS,
-            haproxy.live_servers(servers),
+            active,
             colours,
             lambda: release_log.read_maintenance(self.maintenance_file, apps.COLOURS),
         )
@@ -157,10 +172,12 @@ def cmd_status(cfg, args):
         for colour, c in st["colours"].items():
             srv = st["servers"].get(colour, {})
             run = "running" if c["running"] else ("stopped" if c["exists"] else "absent")
-            print(
-                f"  {colour:5} {c['version'] or '-':12} container {run:8} haproxy {srv.get('admin_state', '?')}/"
-                f"{srv.get('op_state', '?')} sessions {srv.get('sessions', 0)}"
-            )
+            if app.kind == "web":
+                where = f"haproxy {srv.get('admin_state', '?')}/{srv.get('op_state', '?')}"
+                where += f" sessions {srv.get('sessions', 0)}"
+            else:
+                where = f"worker ({app.settings.get('worker_order', 'start-first')})"
+            print(f"  {colour:5} {c['version'] or '-':12} container {run:8} {where}")
         holder = deploy_lock.read_holder(app.paths["lock"])
         if holder:
             print(f"  locked: {deploy_lock.describe(holder)}")
@@ -190,6 +207,8 @@ def cmd_rollback(cfg, args):
             )
         idle = st["idle"]
         standby = st["colours"][idle]
+        if app.kind == "worker":
+            return rollback_worker(app, st, target)
         if not (standby["running"] and standby["version"] == target):
             raise Refused(
                 f"the standby colour {idle} runs {standby['version'] or 'nothing'}"
@@ -230,8 +249,67 @@ def cmd_rollback(cfg, args):
         app.unlock(holder)
 
 
+def docker_cli(args):
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def rollback_worker(app, st, target):
+    """Start the worker's stopped colour (the previous release) in place of
+    the running one, in the app's order."""
+    idle = st["idle"]
+    standby = st["colours"][idle]
+    if not (standby["exists"] and standby["version"] == target):
+        raise Refused(
+            f"{app.name}'s stopped container {standby['container']} holds {standby['version'] or 'nothing'}, "
+            f"not {target}: run playbooks/rollback.yml from a controller. Nothing was changed."
+        )
+    t0 = time.monotonic()
+    try:
+        result = worker.release(
+            docker_cli,
+            standby["container"],
+            st["colours"][st["live"]]["container"],
+            app.settings.get("worker_order", "start-first"),
+            int(app.settings.get("stop_timeout", 10)),
+            float(app.cfg["health_timeout"]),
+        )
+    except worker.WorkerError as exc:
+        app.audit("rollback-failed", f"to={target} via=onebox")
+        raise Refused(f"{app.name}: {exc}") from None
+    took = round(time.monotonic() - t0, 3)
+    release = release_log.append_release(
+        app.paths["releases"],
+        {
+            "action": "rollback",
+            "version": target,
+            "image": standby["image"],
+            "colour": idle,
+            "previous_colour": st["live"],
+            "previous_version": st["current_version"],
+            "switch_ms": result["switch_ms"],
+            "by": actor(),
+            "via": "onebox",
+        },
+    )
+    app.audit(
+        "rollback-ok",
+        f"from={st['current_version']} to={target} colour={idle} switch_ms={result['switch_ms']} via=onebox",
+    )
+    print(
+        f"{app.name}: rolled back from {st['current_version']} to {target} ({idle}, {result['order']}) in {took:g} s; "
+        f"recorded at {release['time']}."
+    )
+    return 0
+
+
 def cmd_maintenance(cfg, args):
     app = App(args.app, cfg)
+    if app.kind == "worker":
+        raise Refused(
+            f"{app.name} is a worker: it serves no traffic, so it has no maintenance page. "
+            f"Roll it back (onebox rollback {app.name}) or stop it (docker stop). Nothing was changed."
+        )
     holder = app.lock(f"maintenance {args.mode}")
     try:
         st = app.state()
