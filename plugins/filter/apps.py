@@ -13,6 +13,8 @@ description:
   - A bad model fails with one line per mistake (two apps with the same name or domain, colliding ports, a
     worker with a domain, an unknown kind, a web app without a health path...).
   - When the list is empty and O(legacy) holds C(app_image), the old single-app variables are read as one app.
+  - When the list is not empty, O(legacy) must not set the old per-app variables (C(app_name), C(app_image),
+    C(app_domain), C(app_database_container)...), which would apply to every app.
 options:
   _input:
     description: The apps (C(onebox_apps)).
@@ -54,6 +56,8 @@ from ansible_collections.onebox.platform.plugins.module_utils.releases import ke
 def apps(value, legacy=None, routing_only=False):
     try:
         raw = list(value or [])
+        if raw and legacy:
+            model.refuse_mixed(legacy)
         if not raw and legacy:
             raw = model.from_legacy(legacy)
         out = model.normalize(raw, need_image=not routing_only)

@@ -48,6 +48,12 @@ DEFAULTS = {
     "drain_timeout": 30,
     "keep_releases": 5,
     "worker_order": "start-first",
+    # The container's command (the image's CMD when empty): a worker is often
+    # the web app's image with another command.
+    "command": "",
+    # A Docker health check command run in the container (the image's
+    # HEALTHCHECK when empty); a worker deploy waits for it.
+    "healthcheck": "",
     "blue_port": None,
     "green_port": None,
     "maintenance_html": None,
@@ -85,6 +91,8 @@ def paths(name):
         "releases": f"{STATE_ROOT}/{name}/releases.jsonl",
         "audit_log": f"{STATE_ROOT}/{name}/audit.log",
         "maintenance_file": f"{STATE_ROOT}/{name}/maintenance-colour",
+        # What the on-server onebox program needs of the app (no secrets).
+        "settings": f"{CONFIG_ROOT}/{name}/app.json",
         "network": f"onebox_{name}",
     }
 
@@ -93,7 +101,9 @@ def derive(app):
     """What every role needs about APP (a normalized entry), derived once."""
     name = app["name"]
     out = paths(name)
-    out["containers"] = {c: f"{name}-{c}" for c in COLOURS} if app["kind"] == "web" else {"worker": f"{name}-worker"}
+    # A worker has the two colours too: the running one and the stopped one
+    # holding the previous version (a rollback starts it again).
+    out["containers"] = {c: f"{name}-{c}" for c in COLOURS}
     out["ports"] = {"blue": app["blue_port"], "green": app["green_port"]} if app["kind"] == "web" else {}
     return out
 
@@ -160,6 +170,9 @@ def _one(raw, index, errors, need_image=True):
             given = app[f"{colour}_port"]
             app[f"{colour}_port"] = _port(port if given is None else given, f"{where}: {colour}_port", errors)
         app["container_port"] = _port(app["container_port"], f"{where}: container_port", errors)
+    for key in ("command", "healthcheck"):
+        if not isinstance(app[key], (str, list)):
+            errors.append(f"{where}: {key} must be a command, as a string or a list of words")
     for key in ("env", "secret_env"):
         if not isinstance(app[key], dict):
             errors.append(f"{where}: {key} must be a mapping of NAME: value")
@@ -236,6 +249,21 @@ LEGACY_DEFAULTS = {
     "blue_port": 18001,
     "green_port": 18002,
 }
+
+
+# Per-app variables that, next to onebox_apps, would apply to every app.
+MIXED = ("app_name", "app_domain", "app_database_container", *LEGACY)
+
+
+def refuse_mixed(variables):
+    """A model (onebox_apps) and the old single-app variables at once are refused."""
+    found = [k for k in MIXED if variables.get(k) not in (None, "", [], {})]
+    if found:
+        raise ModelError(
+            f"this inventory sets onebox_apps and the old single-app variable(s) {', '.join(found)}, "
+            "which would apply to every app: move them into the app entries (name, image, domains, "
+            "database...) and remove them. Nothing was changed."
+        )
 
 
 def from_legacy(variables):

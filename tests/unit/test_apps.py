@@ -34,7 +34,9 @@ def test_a_platform_normalizes_with_derived_names():
     assert api["derived"]["ports"] == {"blue": api["blue_port"], "green": api["green_port"]}
     assert api["container_port"] == 8080 and api["kind"] == "web"
     jobs = apps[3]
-    assert jobs["derived"]["containers"] == {"worker": "jobs-worker"} and jobs["derived"]["ports"] == {}
+    assert (
+        jobs["derived"]["containers"] == {"blue": "jobs-blue", "green": "jobs-green"} and jobs["derived"]["ports"] == {}
+    )
     assert jobs["worker_order"] == "start-first"
     ports = [p for a in apps for p in a["derived"]["ports"].values()]
     assert len(ports) == len(set(ports)) == 6
@@ -116,3 +118,9 @@ def test_routing_only_needs_no_image_and_takes_one_domain():
 def test_a_checked_model_checks_again_to_the_same():
     once = model.normalize(PLATFORM)
     assert model.normalize(once) == once
+
+
+def test_a_model_with_the_old_single_app_variables_is_refused():
+    with pytest.raises(model.ModelError, match=r"old single-app variable\(s\) app_name, app_image, which would apply"):
+        model.refuse_mixed({"app_name": "shop", "app_image": "x/shop", "app_version": "v1", "postgres_user": "p"})
+    model.refuse_mixed({"app_version": "v1", "app_image_archive": "/tmp/x.tar", "app_name": ""})
