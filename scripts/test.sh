@@ -75,7 +75,9 @@ stage_molecule() {
   for s in molecule/*/molecule.yml; do
     s=$(basename "$(dirname "$s")")
     echo "--- molecule test -s $s"
+    local t0=$SECONDS
     molecule test -s "$s" || { rc=1; molecule destroy -s "$s" >/dev/null 2>&1; }
+    echo "--- scenario $s: $((SECONDS - t0))s"
   done
   return $rc
 }

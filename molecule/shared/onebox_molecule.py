@@ -1,12 +1,19 @@
 """Helpers every Molecule scenario's tests share: the hosts (reached with
-`docker exec`), a container's address, and ansible-playbook run against the
-scenario's inventory from the project. Each scenario's tests/conftest.py
+`docker exec`), a container's address, ansible-playbook run against the
+scenario's inventory from the project, and HTTP load through HAProxy that
+counts every request. Each scenario's tests/conftest.py
 puts this directory on sys.path."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 
 import testinfra
 
@@ -63,3 +70,67 @@ def run_playbook(playbook, *args, timeout=900, **env):
 def one_line(proc):
     """A run's output, whitespace folded, for substring checks."""
     return " ".join((proc.stdout + proc.stderr).split())
+
+
+def get_json(base_url, host_header, path="/", timeout=5):
+    """GET through HAProxy with a Host header: (status, JSON body)."""
+    req = urllib.request.Request(base_url + path, headers={"Host": host_header})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+class Load:
+    """Constant traffic through HAProxy to one Host from THREADS threads
+    (4 threads, a 0.02 s pause: about 150 requests/s); every request is
+    counted, with the version that answered. Bounded to 15 minutes and
+    200,000 requests."""
+
+    def __init__(self, base_url, host_header, threads=4, pause=0.02):
+        self.base_url = base_url
+        self.host_header = host_header
+        self.threads = threads
+        self.pause = pause
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.versions = {}
+        self.errors = []
+        self.workers = []
+
+    def _work(self):
+        deadline = time.monotonic() + 900
+        while not self.stop_flag.is_set() and time.monotonic() < deadline and self.ok + self.failed < 200000:
+            try:
+                status, body = get_json(self.base_url, self.host_header)
+                good = status == 200
+                version = body.get("version")
+            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+                good, version = False, None
+                with self.lock:
+                    self.errors.append(repr(exc)[:200])
+            with self.lock:
+                if good:
+                    self.ok += 1
+                    self.versions[version] = self.versions.get(version, 0) + 1
+                else:
+                    self.failed += 1
+            time.sleep(self.pause)
+
+    def __enter__(self):
+        for _i in range(self.threads):
+            t = threading.Thread(target=self._work, daemon=True)
+            t.start()
+            self.workers.append(t)
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self.stop_flag.set()
+        for t in self.workers:
+            t.join()
+
+    @property
+    def total(self):
+        return self.ok + self.failed

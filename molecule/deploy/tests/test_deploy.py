@@ -25,7 +25,8 @@ import urllib.request
 
 import pytest
 from conftest import TARGET
-from onebox_molecule import PROJECT, ansible_env, one_line, playbook_argv, run_playbook
+from onebox_molecule import PROJECT, ansible_env, get_json, one_line, playbook_argv, run_playbook
+from onebox_molecule import Load as SharedLoad
 
 HOST = "demo.test"
 RESULTS = os.path.join(PROJECT, "tests", "output", "deploy-load.json")
@@ -50,63 +51,12 @@ def play(name, *extra, background=False):
 
 
 def get(base_url, path="/"):
-    req = urllib.request.Request(base_url + path, headers={"Host": HOST})
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        return resp.status, json.loads(resp.read())
+    return get_json(base_url, HOST, path)
 
 
-class Load:
-    """Constant traffic through HAProxy from 4 threads, about 150 requests/s
-    in all; bounded to 15 minutes and 200,000 requests."""
-
-    def __init__(self, base_url, threads=4, pause=0.02):
-        self.base_url = base_url
-        self.threads = threads
-        self.pause = pause
-        self.stop_flag = threading.Event()
-        self.lock = threading.Lock()
-        self.ok = 0
-        self.failed = 0
-        self.versions = {}
-        self.errors = []
-        self.workers = []
-
-    def _work(self):
-        deadline = time.monotonic() + 900
-        while not self.stop_flag.is_set() and time.monotonic() < deadline and self.ok + self.failed < 200000:
-            try:
-                status, body = get(self.base_url)
-                good = status == 200
-                version = body.get("version")
-            except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
-                good, version = False, None
-                with self.lock:
-                    self.errors.append(repr(exc)[:200])
-            with self.lock:
-                if good:
-                    self.ok += 1
-                    self.versions[version] = self.versions.get(version, 0) + 1
-                else:
-                    self.failed += 1
-            time.sleep(self.pause)
-
-    def __enter__(self):
-        for _i in range(self.threads):
-            t = threading.Thread(target=self._work, daemon=True)
-            t.start()
-            self.workers.append(t)
-        time.sleep(1)
-        return self
-
-    def __exit__(self, *exc):
-        time.sleep(1)
-        self.stop_flag.set()
-        for t in self.workers:
-            t.join()
-
-    @property
-    def total(self):
-        return self.ok + self.failed
+def Load(base_url, **kw):
+    """The shared load (molecule/shared) on the demo app's Host."""
+    return SharedLoad(base_url, HOST, **kw)
 
 
 def record(step, load, seconds, rc, extra=None):

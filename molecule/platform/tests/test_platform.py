@@ -1,0 +1,225 @@
+"""Several apps on one server (issue 11): two web apps on their own domains
+and two workers, from one onebox_apps model. Every deploy, rollback and
+maintenance change of one app runs while every domain is under load, and
+the apps it did not name must not notice: 0 failed requests, and their
+containers keep their IDs and start times.
+
+The tests run in file order and build on each other. Load goes only to the
+target container."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+
+import pytest
+from onebox_molecule import Load, get_json, one_line, run_playbook
+
+DOMAINS = {"shop.test": "shop", "www.shop.test": "shop", "blog.test": "blog"}
+APPS = ("shop", "blog", "mailer", "billing")
+
+
+def play(name, *extra):
+    proc = run_playbook(name, *extra, ONEBOX_WHO="molecule")
+    return proc.returncode, one_line(proc)
+
+
+def deploy(app, version):
+    rc, out = play("deploy.yml", "-e", f"app={app}", "-e", f"version={version}")
+    assert rc == 0, out[-3000:]
+    return out
+
+
+def containers(target):
+    """{container name: (id, started at, running)} of every app container."""
+    names = [f"{a}-{c}" for a in APPS for c in ("blue", "green")]
+    out = target.run("docker container inspect " + " ".join(names)).stdout
+    found = json.loads(out or "[]")
+    return {c["Name"].lstrip("/"): (c["Id"], c["State"]["StartedAt"], c["State"]["Running"]) for c in found}
+
+
+def of(snapshot, app):
+    return {k: v for k, v in snapshot.items() if k.startswith(f"{app}-")}
+
+
+def versions(base_url, host_header, n=20):
+    return {get_json(base_url, host_header)[1]["version"] for _i in range(n)}
+
+
+class Everywhere:
+    """A Load on every domain at once."""
+
+    def __init__(self, base_url):
+        self.loads = {d: Load(base_url, d, threads=2, pause=0.03) for d in DOMAINS}
+
+    def __enter__(self):
+        for load in self.loads.values():
+            load.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        for load in self.loads.values():
+            load.__exit__(*exc)
+
+    def report(self):
+        return {d: (load.failed, load.total, load.versions) for d, load in self.loads.items()}
+
+    def assert_clean(self):
+        for domain, load in self.loads.items():
+            assert load.total > 50, f"{domain}: too little traffic to judge ({load.total})"
+            assert load.failed == 0, f"{domain}: {load.failed} of {load.total} failed: {load.errors[:3]}"
+
+
+def worker_log(target, container):
+    """(docker time stamp, line) of a worker container's output."""
+    out = target.check_output(f"docker logs -t {container}")
+    return [tuple(line.split(" ", 1)) for line in out.splitlines() if " " in line]
+
+
+def running_colour(target, app):
+    snap = containers(target)
+    live = [n.rsplit("-", 1)[1] for n, v in of(snap, app).items() if v[2]]
+    assert len(live) == 1, snap
+    return live[0]
+
+
+def test_each_app_deploys_on_its_own(base_url, target):
+    for app in APPS:
+        out = deploy(app, "v1")
+        assert f"App {app} (" in out
+    for domain in DOMAINS:
+        assert versions(base_url, domain) == {"v1"}
+    assert running_colour(target, "mailer") == "blue" and running_colour(target, "billing") == "blue"
+    # Each app has its own HAProxy backend and history; the workers none in HAProxy.
+    cfg = target.check_output("cat /etc/haproxy/haproxy.cfg")
+    assert "backend app_shop" in cfg and "backend app_blog" in cfg and "app_mailer" not in cfg
+    for app in APPS:
+        assert target.file(f"/var/lib/onebox/{app}/releases.jsonl").contains('"version": "v1"')
+
+
+def test_deploying_one_app_leaves_the_others_alone(base_url, target):
+    before = containers(target)
+    with Everywhere(base_url) as load:
+        deploy("shop", "v2")
+    print("deploy shop v2:", load.report())
+    load.assert_clean()
+    assert load.loads["shop.test"].versions.get("v2") and load.loads["www.shop.test"].versions.get("v2")
+    assert set(load.loads["blog.test"].versions) == {"v1"}
+    assert versions(base_url, "shop.test") == {"v2"} and versions(base_url, "blog.test") == {"v1"}
+    after = containers(target)
+    for app in ("blog", "mailer", "billing"):
+        assert of(after, app) == of(before, app), f"{app} was touched by a deploy of shop"
+
+
+def test_rolling_one_app_back_leaves_the_others_alone(base_url, target):
+    before = containers(target)
+    with Everywhere(base_url) as load:
+        rc, out = play("rollback.yml", "-e", "app=shop")
+    assert rc == 0, out[-3000:]
+    print("rollback shop:", load.report())
+    load.assert_clean()
+    assert versions(base_url, "www.shop.test") == {"v1"}
+    after = containers(target)
+    for app in ("blog", "mailer", "billing"):
+        assert of(after, app) == of(before, app), f"{app} was touched by a rollback of shop"
+
+
+def test_maintenance_of_one_app_leaves_the_others_alone(base_url, target):
+    before = containers(target)
+    shop = Load(base_url, "shop.test", threads=2, pause=0.03)
+    with shop:
+        rc, out = play("maintenance.yml", "-e", "app=blog", "-e", "maintenance=on")
+        assert rc == 0, out[-3000:]
+        with pytest.raises(urllib.error.HTTPError) as err:
+            get_json(base_url, "blog.test")
+        assert err.value.code == 503
+        rc, out = play("maintenance.yml", "-e", "app=blog", "-e", "maintenance=off")
+        assert rc == 0, out[-3000:]
+    assert shop.failed == 0 and shop.total > 50, (shop.failed, shop.total, shop.errors[:3])
+    assert versions(base_url, "blog.test") == {"v1"}
+    after = containers(target)
+    for app in APPS:
+        assert of(after, app) == of(before, app), f"maintenance of blog touched {app}'s containers"
+
+
+def check_graceful_stop(log, old):
+    """The old worker finished the job it had when SIGTERM came, and said so."""
+    lines = [text for _t, text in log]
+    starts = [int(m.group(1)) for t in lines if (m := re.match(r"job (\d+) start", t))]
+    assert starts, lines
+    last = starts[-1]
+    assert any(t.startswith(f"job {last} done") for t in lines), f"{old}: job {last} was cut: {lines[-4:]}"
+    assert lines[-1].startswith(f"worker v1 stopped after job {last}"), lines[-3:]
+
+
+def stamp(log, prefix, last=False):
+    found = [t for t, text in log if text.startswith(prefix)]
+    assert found, (prefix, log[-5:])
+    return found[-1] if last else found[0]
+
+
+def test_a_start_first_worker_has_no_gap(target):
+    old = f"mailer-{running_colour(target, 'mailer')}"
+    others = {a: of(containers(target), a) for a in ("shop", "blog", "billing")}
+    out = deploy("mailer", "v2")
+    assert "start-first" in out and "exit code 0" in out, out[-2000:]
+    new = f"mailer-{running_colour(target, 'mailer')}"
+    assert new != old
+    old_log, new_log = worker_log(target, old), worker_log(target, new)
+    check_graceful_stop(old_log, old)
+    assert target.check_output(f"docker inspect -f '{{{{.State.ExitCode}}}}' {old}") == "0"
+    # No gap: the new one took its first job before the old one stopped
+    # (docker's RFC 3339 time stamps, same zone and width, compare as text).
+    assert stamp(new_log, "job 1 start v2") < stamp(old_log, "worker v1 stopped", last=True)
+    for app, snap in others.items():
+        assert of(containers(target), app) == snap
+
+
+def test_a_stop_first_worker_never_runs_twice(target):
+    old = f"billing-{running_colour(target, 'billing')}"
+    out = deploy("billing", "v2")
+    assert "stop-first" in out, out[-2000:]
+    new = f"billing-{running_colour(target, 'billing')}"
+    old_log, new_log = worker_log(target, old), worker_log(target, new)
+    check_graceful_stop(old_log, old)
+    # Never both: the old one had stopped before the new one said a word.
+    assert stamp(old_log, "worker v1 stopped", last=True) < stamp(new_log, "worker v2 up")
+
+
+def test_a_worker_rolls_back_on_the_server_and_with_the_playbook(target):
+    rc = target.run("onebox rollback mailer")
+    assert rc.rc == 0, rc.stdout + rc.stderr
+    assert "rolled back from v2 to v1" in rc.stdout
+    status = target.check_output("onebox status mailer")
+    assert "live on blue (v1)" in status and "worker (start-first)" in status, status
+    rc, out = play("rollback.yml", "-e", "app=billing")
+    assert rc == 0, out[-3000:]
+    snap = containers(target)
+    assert snap["billing-blue"][2] and not snap["billing-green"][2]
+    last = json.loads(target.check_output("tail -n 1 /var/lib/onebox/billing/releases.jsonl"))
+    assert last["action"] == "rollback" and last["version"] == "v1"
+
+
+def test_bad_requests_are_refused_before_anything_changes(target):
+    cfg = target.check_output("sha256sum /etc/haproxy/haproxy.cfg")
+    rc, out = play("deploy.yml", "-e", "app=nope", "-e", "version=v2")
+    assert rc != 0 and "-e app=nope names no app of this inventory; its apps are: shop, blog, mailer, billing" in out
+    rc, out = play("deploy.yml", "-e", "version=v2")
+    assert rc != 0 and "pick one with -e app=NAME" in out
+    rc, out = play("maintenance.yml", "-e", "app=mailer", "-e", "maintenance=on")
+    assert rc != 0 and "mailer is a worker" in out
+    rc = target.run("onebox maintenance mailer on")
+    assert rc.rc == 1 and "mailer is a worker" in rc.stderr
+    # A model with two mistakes: each named, and site.yml stops before bootstrap.
+    bad = [
+        {"name": "shop", "image": "local/demo", "domains": ["shop.test"], "health_path": "/health"},
+        {"name": "shop2", "image": "local/demo", "domains": ["shop.test"], "health_path": "/health"},
+        {"name": "jobs", "image": "local/demo", "kind": "worker", "domains": ["jobs.test"]},
+    ]
+    rc, out = play("site.yml", "-e", json.dumps({"onebox_apps": bad, "onebox_hosts": "targets"}))
+    assert rc != 0
+    assert "domain shop.test is claimed by both 'shop' and 'shop2'" in out
+    assert "app 'jobs': a worker serves no HTTP, so it takes no domains" in out
+    assert "TASK [onebox.platform.base" not in out
+    assert target.check_output("sha256sum /etc/haproxy/haproxy.cfg") == cfg
