@@ -4,6 +4,7 @@
 #   local/demo:v3      broken: never healthy (no /health)
 #   local/demo:v4      healthy at first, then /health disappears after
 #                      DEMO_FAIL_AFTER seconds (a crash after the switch)
+#   Each also runs as a worker with command /worker.sh (jobs, graceful stop).
 # Each is also saved to .cache/images/demo-vN.tar for `docker load` on a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
-REV=4
+REV=5
 for v in v1 v2 v3 v4; do
   tar=.cache/images/demo-$v.tar
   # REV: bump when the image changes, so an older build is replaced.
@@ -22,7 +23,7 @@ for v in v1 v2 v3 v4; do
   chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
   cp "$BUSYBOX" "$root/bin/busybox"
-  for a in sh httpd wget sleep rm cat echo date printf tr cut sha1sum xxd base64; do ln -s busybox "$root/bin/$a"; done
+  for a in sh httpd wget sleep rm cat echo date printf tr cut sha1sum xxd base64 touch kill; do ln -s busybox "$root/bin/$a"; done
   printf '{"version": "%s", "app": "onebox-demo"}\n' "$v" >"$root/www/index.html"
   [ "$v" = v3 ] || printf '{"version": "%s", "status": "ok"}\n' "$v" >"$root/www/health"
   # /cgi-bin/headers: what the proxy told the app; /cgi-bin/slow?N: answers after N seconds;
@@ -72,6 +73,29 @@ trap 'kill "$pid"; exit 0' TERM INT
 wait "$pid"
 START
   chmod +x "$root/start.sh"
+  # /worker.sh: the same image run as a worker (command: /worker.sh). It takes
+  # a job every moment, each DEMO_JOB_SECONDS long, and prints when each job
+  # starts and ends; SIGTERM lets the job in hand finish, then it exits 0.
+  # Healthy (/tmp/worker-ready) once it is taking jobs.
+  cat >"$root/worker.sh" <<WORKER
+#!/bin/sh
+stop=0
+trap 'stop=1' TERM INT
+echo "worker $v up"
+n=0
+touch /tmp/worker-ready
+while [ "\$stop" = 0 ]; do
+  n=\$((n + 1))
+  echo "job \$n start $v \$(date +%s)"
+  sleep "\${DEMO_JOB_SECONDS:-3}" &
+  pid=\$!
+  # A signal interrupts wait: wait again until the job is done.
+  while kill -0 "\$pid" 2>/dev/null; do wait "\$pid"; done
+  echo "job \$n done $v \$(date +%s)"
+done
+echo "worker $v stopped after job \$n \$(date +%s)"
+WORKER
+  chmod +x "$root/worker.sh"
   changes=(--change 'CMD ["/start.sh"]' --change 'EXPOSE 8080' --change "LABEL onebox_demo_rev=$REV"
     --change 'HEALTHCHECK --interval=2s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1')
   [ "$v" = v4 ] && changes+=(--change 'ENV DEMO_FAIL_AFTER=15')
