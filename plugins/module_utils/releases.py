@@ -40,3 +40,42 @@ def keep_versions(versions, keep, running=()):
         if version and version not in newest:
             newest.append(version)
     return sorted(set(newest[: max(int(keep), 0)]) | {v for v in running if v})
+
+
+class ReleaseError(ValueError):
+    """A release that cannot be made; the message says why and that nothing changed."""
+
+
+def choose(action, wanted, history, current, standby):
+    """What a release does: deploy WANTED, or roll back (release the previous
+    good version, or WANTED when named). CURRENT: the version the current
+    colour runs; STANDBY: colour_info of the idle colour. Returns version,
+    standby_ready (the idle colour already runs it: a rollback is one switch,
+    no container is started) and leaving (the history entry of the release
+    being left, whose pre-deploy backup a rollback's restore uses)."""
+    known = [r.get("version") for r in history if r.get("version")]
+    if action == "deploy":
+        if not wanted:
+            raise ReleaseError("a deploy needs a version: -e version=TAG. Nothing was changed.")
+        version = wanted
+    elif action == "rollback":
+        version = wanted or rollback_target(history, current)
+        if not version:
+            raise ReleaseError(
+                f"Nothing to roll back to: the history has no release before {current or 'this one'} that was not "
+                "itself rolled back (name one with -e rollback_to=VERSION). Nothing was changed."
+            )
+        if version not in known:
+            seen = ", ".join(dict.fromkeys(known)) or "none"
+            raise ReleaseError(
+                f"Nothing to roll back to: version {version} is not in the release history ({seen}). "
+                "Nothing was changed."
+            )
+    else:
+        raise ReleaseError(f"unknown release action {action!r}; use deploy or rollback")
+    leaving = [r for r in history if r.get("version") == current and current]
+    return dict(
+        version=version,
+        standby_ready=bool(action == "rollback" and standby.get("running") and standby.get("version") == version),
+        leaving=leaving[-1] if leaving else {},
+    )

@@ -58,6 +58,17 @@ options:
     description: Socket timeout in seconds for HAProxy.
     type: float
     default: 5
+  action:
+    description:
+      - With V(deploy) or V(rollback), also choose the release (module_utils releases) and return it in RV(release).
+      - V(rollback) without O(version) goes back to the previous good release; a version not in the history, or no
+        release to go back to, fails with a message and changes nothing.
+    type: str
+    choices: [deploy, rollback]
+  version:
+    description: The version to deploy, or to roll back to (empty for a rollback to the previous good release).
+    type: str
+    default: ""
   kind:
     description:
       - V(web) reads the live colour from HAProxy. V(worker) (no HTTP, no backend) takes the colour whose container
@@ -140,6 +151,16 @@ rollback_target:
   returned: success
   type: str
   sample: v41
+release:
+  description:
+    - With O(action), the release chosen - C(version), C(standby_ready) (the idle colour already runs it, so a
+      rollback is one switch) and C(leaving) (the history entry of the release being left).
+  returned: always (empty without O(action))
+  type: dict
+  sample:
+    version: v41
+    standby_ready: true
+    leaving: {action: deploy, version: v42, backup: /var/backups/onebox/shop/predeploy-shop.dump}
 """
 
 import json
@@ -154,7 +175,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     live_servers,
 )
 from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, resolve
-from ansible_collections.onebox.platform.plugins.module_utils.releases import rollback_target
+from ansible_collections.onebox.platform.plugins.module_utils.releases import ReleaseError, choose, rollback_target
 
 
 def containers(module, names):
@@ -197,6 +218,8 @@ def main():
             maintenance_file=dict(type="path"),
             timeout=dict(type="float", default=5.0),
             kind=dict(type="str", choices=["web", "worker"], default="web"),
+            action=dict(type="str", choices=["deploy", "rollback"]),
+            version=dict(type="str", default=""),
         ),
         supports_check_mode=True,
     )
@@ -220,7 +243,14 @@ def main():
         p["colours"], active, colours, lambda: read_maintenance(module, p["maintenance_file"], p["colours"])
     )
     releases = read_history(module, p["history"])
+    release = {}
+    if p["action"]:
+        try:
+            release = choose(p["action"], p["version"], releases, state["current_version"], colours[state["idle"]])
+        except ReleaseError as exc:
+            module.fail_json(msg=str(exc))
     module.exit_json(
+        release=release,
         changed=False,
         live_colour=state["live"],
         current_colour=state["current"],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ansible_collections.onebox.platform.plugins.module_utils.releases import rollback_target
+import pytest
+from ansible_collections.onebox.platform.plugins.module_utils.releases import ReleaseError, choose, rollback_target
 
 
 def deploy(v):
@@ -43,3 +44,21 @@ def test_keep_the_newest_distinct_versions_and_what_runs():
     assert keep_versions(history, 2, ["v1", "v6"]) == ["v1", "v4", "v5", "v6"]
     assert keep_versions(history, 0, ["v5"]) == ["v5"]
     assert keep_versions([], 5, ["", "v1"]) == ["v1"]
+
+
+def test_choose_a_rollback_target_and_the_fast_path():
+    history = [deploy("v1"), dict(deploy("v2"), backup="/b/predeploy-v2.dump")]
+    running_v1 = {"running": True, "version": "v1"}
+    out = choose("rollback", "", history, "v2", running_v1)
+    assert out == {"version": "v1", "standby_ready": True, "leaving": history[1]}
+    assert choose("rollback", "", history, "v2", {"running": False, "version": "v1"})["standby_ready"] is False
+    assert choose("deploy", "v1", history, "v2", running_v1)["standby_ready"] is False
+
+
+def test_choose_refuses_clearly():
+    with pytest.raises(ReleaseError, match=r"version v9 is not in the release history \(v1, v2\)"):
+        choose("rollback", "v9", [deploy("v1"), deploy("v2")], "v2", {})
+    with pytest.raises(ReleaseError, match="no release before v1 that was not itself rolled back"):
+        choose("rollback", "", [deploy("v1")], "v1", {})
+    with pytest.raises(ReleaseError, match="a deploy needs a version"):
+        choose("deploy", "", [], "", {})

@@ -201,6 +201,28 @@ def test_a_worker_rolls_back_on_the_server_and_with_the_playbook(target):
     assert last["action"] == "rollback" and last["version"] == "v1"
 
 
+def test_several_apps_in_one_run_in_order(base_url, target):
+    """A version map deploys the apps it names, in the model's order, under
+    load on every domain; -e app=all with one version deploys every app."""
+    workers = {a: of(containers(target), a) for a in ("mailer", "billing")}
+    with Everywhere(base_url) as load:
+        rc, out = play("deploy.yml", "-e", json.dumps({"versions": {"blog": "v2", "shop": "v2"}}))
+    assert rc == 0, out[-3000:]
+    print("versions shop=v2 blog=v2:", load.report())
+    load.assert_clean()
+    assert out.index("Deploying shop") < out.index("Deploying blog"), "not in the model's order"
+    assert versions(base_url, "shop.test") == {"v2"} and versions(base_url, "blog.test") == {"v2"}
+    for app, snap in workers.items():
+        assert of(containers(target), app) == snap, f"{app} was touched"
+    rc, out = play("deploy.yml", "-e", "app=all", "-e", "version=v1")
+    assert rc == 0, out[-3000:]
+    for app in APPS:
+        last = json.loads(target.check_output(f"tail -n 1 /var/lib/onebox/{app}/releases.jsonl"))
+        assert (last["action"], last["version"]) == ("deploy", "v1"), (app, last)
+    rc, out = play("deploy.yml", "-e", "app=shop,blog", "-e", json.dumps({"versions": {"shop": "v2"}}))
+    assert rc != 0 and "-e versions has no version for blog" in out
+
+
 def test_bad_requests_are_refused_before_anything_changes(target):
     cfg = target.check_output("sha256sum /etc/haproxy/haproxy.cfg")
     rc, out = play("deploy.yml", "-e", "app=nope", "-e", "version=v2")
