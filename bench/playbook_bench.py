@@ -9,9 +9,16 @@ once). Each round:
   deploy    deploy.yml to the version that is not live (v1 <-> v2): lock,
             pre-deploy backup, new container on the idle colour, health
             wait, switch, the verify window, record
-  rollback  rollback.yml straight after: the standby colour still runs the
-            previous release, so it is one switch plus the verify window
+  onebox    `onebox rollback demo` on the server straight after: the
+            standby colour still runs the previous release, one switch
+  rollback  deploy.yml again, then rollback.yml: one switch plus the
+            verify window, on the path a deploy takes
   site      site.yml again: must change nothing
+
+Targets (issue 11): traffic back on the previous release within 3 s of
+ansible-playbook's start (rollback, "new version first s"), within 1 s for
+onebox; a deploy of an image already present within app_verify_seconds
+(5 s here) + 10 s.
 
 While each playbook runs, a probe asks the public endpoint (127.0.0.1:8080,
 Host demo.localhost) for /health every 10 ms and notes which version
@@ -103,11 +110,20 @@ def changed(out):
     return sum(s.get("changed", 0) for s in out.get("stats", {}).values())
 
 
+def on_server(*argv):
+    """Run a command on the local server; (start, wall s, {})."""
+    t0 = time.monotonic()
+    proc = subprocess.run(["docker", "exec", "onebox-local", *argv], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(argv)} failed (rc {proc.returncode}): {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    return t0, time.monotonic() - t0, {}
+
+
 def measured(name, new_version, *extra):
     probe = Probe()
     probe.start()
     time.sleep(0.2)
-    t0, wall, out = playbook(name, *extra)
+    t0, wall, out = on_server("onebox", "rollback", "demo") if name == "onebox" else playbook(name, *extra)
     time.sleep(0.2)
     probe.stop.set()
     probe.join()
@@ -132,14 +148,16 @@ def main():
     ap.add_argument("--json", help="write every figure to this file")
     args = ap.parse_args()
 
-    runs = {"deploy": [], "rollback": [], "site": []}
+    runs = {"deploy": [], "onebox": [], "rollback": [], "site": []}
     for r in range(args.rounds):
         before = ask()
         if before not in ("v1", "v2"):
             sys.exit(f"the demo must be live with v1 or v2 first (make demo); /health says {before!r}")
         target = "v2" if before == "v1" else "v1"
-        runs["deploy"].append(measured("deploy.yml", target, "-e", f"app_version={target}"))
-        runs["rollback"].append(measured("rollback.yml", before))
+        runs["deploy"].append(measured("deploy.yml", target, "-e", "app=demo", "-e", f"version={target}"))
+        runs["onebox"].append(measured("onebox", before))
+        measured("deploy.yml", target, "-e", "app=demo", "-e", f"version={target}")
+        runs["rollback"].append(measured("rollback.yml", before, "-e", "app=demo"))
         runs["site"].append(measured("site.yml", before))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]['wall_s']} s" for k, v in runs.items()), flush=True)
 
@@ -149,9 +167,11 @@ def main():
         med = statistics.median
         firsts = [x["first_new_s"] for x in rs if x["first_new_s"] is not None]
         onlys = [x["only_new_after_s"] for x in rs if x["only_new_after_s"] is not None]
+        label = "onebox rollback" if name == "onebox" else f"{name}.yml"
+        worst = max(firsts) if firsts else None
         print(
-            f"| {name}.yml | {med([x['wall_s'] for x in rs]):.2f} ({', '.join(str(x['wall_s']) for x in rs)}) "
-            f"| {f'{med(firsts):.2f}' if firsts and name != 'site' else '-'} "
+            f"| {label} | {med([x['wall_s'] for x in rs]):.2f} ({', '.join(str(x['wall_s']) for x in rs)}) "
+            f"| {f'{med(firsts):.2f} (worst {worst:.2f})' if firsts and name != 'site' else '-'} "
             f"| {f'{med(onlys):.2f}' if onlys and name != 'site' else '-'} "
             f"| {sum(x['failed'] for x in rs)} / {sum(x['requests'] for x in rs)} "
             f"| {', '.join(str(x['changed']) for x in rs)} |"
@@ -163,6 +183,8 @@ def main():
                 per_step.setdefault(n, []).append(s)
         top = sorted(((statistics.median(v) * len(v) / len(rs), n) for n, v in per_step.items()), reverse=True)
         total = sum(s for s, _n in top)
+        if name == "onebox":
+            continue
         print(f"\n{name}.yml, slowest steps (median seconds per run; all steps {total:.2f} s):")
         for s, n in top[:8]:
             print(f"  {s:6.2f}  {n}")

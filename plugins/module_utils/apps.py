@@ -19,6 +19,8 @@ KINDS = ("web", "worker")
 COLOURS = ("blue", "green")
 # Docker container names, HAProxy backend names and directory names alike.
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,39}$")
+# A PostgreSQL database name the roles can pass unquoted.
+DATABASE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
 DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Host ports of the colours when the model names none: stable per app name
 # (inserting an app never moves another's ports), in 20000-27999, loopback only.
@@ -170,6 +172,8 @@ def _one(raw, index, errors, need_image=True):
             given = app[f"{colour}_port"]
             app[f"{colour}_port"] = _port(port if given is None else given, f"{where}: {colour}_port", errors)
         app["container_port"] = _port(app["container_port"], f"{where}: container_port", errors)
+    if app["database"] and (not isinstance(app["database"], str) or not DATABASE.match(app["database"])):
+        errors.append(f"{where}: database {app['database']!r} must be letters, digits and _ (a PostgreSQL name)")
     for key in ("command", "healthcheck"):
         if not isinstance(app[key], (str, list)):
             errors.append(f"{where}: {key} must be a command, as a string or a list of words")

@@ -12,13 +12,15 @@ def colour_info(name, container):
     """What a colour's container runs, from its `docker container inspect`
     object (None when the container does not exist)."""
     if not container:
-        return dict(exists=False, running=False, version="", image="", container=name)
+        return dict(exists=False, running=False, version="", image="", image_id="", container=name)
     config = container.get("Config") or {}
     return dict(
         exists=True,
         running=bool((container.get("State") or {}).get("Running")),
         version=(config.get("Labels") or {}).get("onebox_version", ""),
         image=config.get("Image", ""),
+        # The image's ID (sha256:...), what the release history records as its digest.
+        image_id=container.get("Image", ""),
         container=name,
     )
 

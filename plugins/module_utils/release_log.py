@@ -81,12 +81,13 @@ def read_audit(path, last=None):
 
 
 def read_maintenance(path, colours):
-    """The colour maintenance=off will bring back, or "" when not in maintenance."""
+    """The colour maintenance=off will bring back, or "" when not in maintenance.
+    COLOURS: the colours it may name (None: any)."""
     if not path or not os.path.exists(path):
         return ""
     with open(path, encoding="utf-8") as fh:
         colour = fh.read().strip()
-    if colour and colour not in colours:
+    if colour and colours is not None and colour not in colours:
         raise ReleaseLogError(f"{path} names colour {colour!r}, not one of {', '.join(colours)}. Fix or remove it.")
     return colour
 

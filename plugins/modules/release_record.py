@@ -7,7 +7,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: release_record
-short_description: Append to an app's release history and audit log
+short_description: Append to an app's release history and audit log; set or clear its maintenance colour
 version_added: "0.2.0"
 description:
   - Appends one release (a JSON object) to the app's release history (C(releases.jsonl), oldest first) and/or
@@ -39,11 +39,26 @@ options:
     description: Who did it (CI job, user).
     type: str
     default: ""
+  maintenance_file:
+    description:
+      - The app's maintenance file, which names the colour C(maintenance=off) brings back; while it exists and no
+        colour is live, the app is in maintenance. Required with O(maintenance).
+    type: path
+  maintenance:
+    description:
+      - A colour to write to O(maintenance_file), or the empty string to remove it (out of maintenance).
+      - The same code (module_utils release_log) is what app_state and the C(onebox) program read it with.
+    type: str
 notes:
   - Supports check mode (reports what it would append) and diff.
 """
 
 EXAMPLES = r"""
+- name: Into maintenance, remembering the live colour
+  onebox.platform.release_record:
+    maintenance_file: /var/lib/onebox/shop/maintenance-colour
+    maintenance: blue
+
 - name: Record the release
   onebox.platform.release_record:
     history: /var/lib/onebox/shop/releases.jsonl
@@ -79,15 +94,28 @@ def main():
             action=dict(type="str"),
             detail=dict(type="str", default=""),
             actor=dict(type="str", default=""),
+            maintenance_file=dict(type="path"),
+            maintenance=dict(type="str"),
         ),
-        required_by=dict(release=["history"], action=["audit_log"]),
-        required_one_of=[["release", "action"]],
+        required_by=dict(release=["history"], action=["audit_log"], maintenance=["maintenance_file"]),
+        required_one_of=[["release", "action", "maintenance"]],
         supports_check_mode=True,
     )
     p = module.params
-    result = dict(changed=True)
+    result = dict(changed=p["release"] is not None or bool(p["action"]))
     diff = []
     try:
+        if p["maintenance"] is not None:
+            before = release_log.read_maintenance(p["maintenance_file"], None)
+            if before != p["maintenance"]:
+                result["changed"] = True
+                name = p["maintenance_file"]
+                diff.append(dict(before_header=name, after_header=name, before=before, after=p["maintenance"]))
+                if not module.check_mode:
+                    if p["maintenance"]:
+                        release_log.write_maintenance(p["maintenance_file"], p["maintenance"])
+                    else:
+                        release_log.clear_maintenance(p["maintenance_file"])
         if p["release"] is not None:
             release = dict(p["release"])
             release.setdefault("time", release_log.utc_stamp())
@@ -102,8 +130,8 @@ def main():
                 line = release_log.append_audit(p["audit_log"], p["action"], p["detail"], p["actor"])
             result["audit"] = line
             diff.append(dict(before_header=p["audit_log"], after_header=p["audit_log"], before="", after=line + "\n"))
-    except OSError as exc:
-        module.fail_json(msg=f"Cannot append to the release history or audit log: {exc}")
+    except (OSError, release_log.ReleaseLogError) as exc:
+        module.fail_json(msg=f"Cannot write the release history, audit log or maintenance file: {exc}")
     if module._diff:
         result["diff"] = diff
     module.exit_json(**result)

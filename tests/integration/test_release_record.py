@@ -44,3 +44,21 @@ def test_a_broken_history_line_is_named(tmp_path):
         assert "line 2 is not JSON" in str(exc)
     else:
         raise AssertionError("a broken line was accepted")
+
+
+def test_the_maintenance_colour_is_set_and_cleared_idempotently(tmp_path):
+    path = tmp_path / "maintenance-colour"
+    args = dict(maintenance_file=str(path), maintenance="blue")
+    rc, res = run_module("release_record", args)
+    assert rc == 0 and res["changed"] and path.read_text() == "blue\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    # What app_state and the onebox program read back.
+    assert release_log.read_maintenance(str(path), ["blue", "green"]) == "blue"
+    rc, res = run_module("release_record", args)
+    assert rc == 0 and not res["changed"]
+    rc, res = run_module("release_record", dict(args, maintenance="green"), check=True)
+    assert rc == 0 and res["changed"] and path.read_text() == "blue\n"
+    rc, res = run_module("release_record", dict(args, maintenance=""))
+    assert rc == 0 and res["changed"] and not path.exists()
+    rc, res = run_module("release_record", dict(args, maintenance=""))
+    assert rc == 0 and not res["changed"]

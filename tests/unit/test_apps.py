@@ -71,6 +71,7 @@ def test_derived_ports_do_not_move_when_an_app_is_added():
         ([dict(web("api", "a.example.com"), imgae="x")], "unknown setting(s) imgae"),
         ([web("api", "a.example.com", blue_port=70000)], "blue_port must be a port number from 1 to 65535"),
         ([worker("jobs", worker_order="whenever")], "worker_order 'whenever' is unknown"),
+        ([worker("jobs", database="jobs-db")], "database 'jobs-db' must be letters, digits and _"),
         ([dict(name="api", domains=["a.example.com"], health_path="/h")], "image is required"),
     ],
 )

@@ -98,6 +98,42 @@ def test_each_app_deploys_on_its_own(base_url, target):
         assert target.file(f"/var/lib/onebox/{app}/releases.jsonl").contains('"version": "v1"')
 
 
+def psql(target, sql, db="postgres"):
+    return target.check_output(f'docker exec app-postgres psql -U postgres -X -A -t -d {db} -c "{sql}"').strip()
+
+
+def test_each_app_has_its_database_in_the_shared_postgresql(target):
+    names = psql(target, "SELECT datname FROM pg_database").split()
+    assert "shop" in names and "blog" in names
+    # The one PostgreSQL joined the networks of the apps with a database, as host postgres.
+    for app in ("shop", "blog"):
+        net = json.loads(target.check_output(f"docker network inspect onebox_{app}"))[0]
+        assert any(c["Name"] == "app-postgres" for c in net["Containers"].values()), app
+    net = json.loads(target.check_output("docker network inspect onebox_mailer"))[0]
+    assert not any(c["Name"] == "app-postgres" for c in net["Containers"].values())
+    # The first deploys backed each database up in its own directory.
+    for app in ("shop", "blog"):
+        dumps = target.check_output(f"ls /var/backups/onebox/{app}")
+        assert f"predeploy-{app}-" in dumps and "predeploy-" + ("blog" if app == "shop" else "shop") not in dumps
+    assert not target.file("/var/backups/onebox/mailer").exists or "predeploy" not in target.check_output(
+        "ls /var/backups/onebox/mailer"
+    )
+
+
+def test_each_database_has_its_own_backup_job(target):
+    psql(target, "CREATE TABLE IF NOT EXISTS posts (id int); INSERT INTO posts VALUES (1), (2), (3)", "blog")
+    for app in ("shop", "blog"):
+        assert target.service(f"onebox-backup@{app}.timer").is_enabled
+        target.check_output(f"systemctl start onebox-backup@{app}.service")
+        journal = target.check_output(f"journalctl -u onebox-backup@{app}.service --no-pager")
+        assert f"backup of {app}:" in journal
+        assert [f for f in target.check_output(f"ls /var/backups/onebox/{app}").split() if f.startswith(f"{app}-")]
+    assert not target.file("/etc/systemd/system/onebox-backup@mailer.timer").exists
+    # The blog's dump holds the blog's table; the shop's does not.
+    newest = target.check_output("ls -t /var/backups/onebox/blog/blog-*.dump | head -1")
+    assert "posts" in target.check_output(f"docker exec -i app-postgres pg_restore -l < {newest}")
+
+
 def test_deploying_one_app_leaves_the_others_alone(base_url, target):
     before = containers(target)
     with Everywhere(base_url) as load:
