@@ -161,7 +161,7 @@ def main():
         runs["rollback"].append(measured("rollback.yml", before, "-e", "app=demo"))
         if not args.no_site:
             runs["site"].append(measured("site.yml", before))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]['wall_s']} s" for k, v in runs.items()), flush=True)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]['wall_s']} s" for k, v in runs.items() if v), flush=True)
 
     print("\n| playbook | wall s (median) | new version first s | only new after s | failed / requests | changed |")
     print("|---|---:|---:|---:|---:|---:|")
