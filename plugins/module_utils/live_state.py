@@ -12,11 +12,14 @@ def colour_info(name, container):
     """What a colour's container runs, from its `docker container inspect`
     object (None when the container does not exist)."""
     if not container:
-        return dict(exists=False, running=False, version="", image="", image_id="", container=name)
+        return dict(exists=False, running=False, version="", image="", image_id="", health="", container=name)
     config = container.get("Config") or {}
+    state = container.get("State") or {}
     return dict(
         exists=True,
-        running=bool((container.get("State") or {}).get("Running")),
+        running=bool(state.get("Running")),
+        # Docker's health check: healthy, starting, unhealthy, or "" without one.
+        health=(state.get("Health") or {}).get("Status", "") if state.get("Running") else "",
         version=(config.get("Labels") or {}).get("onebox_version", ""),
         image=config.get("Image", ""),
         # The image's ID (sha256:...), what the release history records as its digest.
@@ -40,3 +43,18 @@ def resolve(order, active, colours, read_maintenance):
         idle=next(c for c in order if c != current),
         current_version=colours[current]["version"] if current else "",
     )
+
+
+def metrics(apps):
+    """Prometheus text (node_exporter's textfile collector) of APPS, a list
+    of (name, kind, colours): onebox_app_up is 1 while a container of the
+    app runs and is not unhealthy. Workers have no HAProxy backend, so this
+    is what says a worker is down (the AppDown alert)."""
+    lines = [
+        "# HELP onebox_app_up 1 while a container of the app runs and is not unhealthy.",
+        "# TYPE onebox_app_up gauge",
+    ]
+    for name, kind, colours in apps:
+        up = any(c["running"] and c.get("health") != "unhealthy" for c in colours.values())
+        lines.append(f'onebox_app_up{{app="{name}",kind="{kind}"}} {1 if up else 0}')
+    return "\n".join(lines) + "\n"

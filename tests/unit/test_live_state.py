@@ -3,7 +3,7 @@ the app_state module and the onebox program."""
 
 from __future__ import annotations
 
-from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, resolve
+from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, metrics, resolve
 
 ORDER = ["blue", "green"]
 
@@ -35,3 +35,20 @@ def test_in_maintenance_the_file_names_the_current_colour():
     # With a live colour the file is not read at all.
     resolve(ORDER, ["green"], colours, lambda: read.append(2) or "blue")
     assert read == [1]
+
+
+def test_metrics_say_an_app_is_up_while_a_container_runs_healthy():
+    def c(running, health=""):
+        return {"running": running, "health": health}
+
+    text = metrics(
+        [
+            ("shop", "web", {"blue": c(True, "healthy"), "green": c(False)}),
+            ("mailer", "worker", {"blue": c(False), "green": c(True, "unhealthy")}),
+            ("jobs", "worker", {"blue": c(True), "green": c(False)}),
+        ]
+    )
+    assert 'onebox_app_up{app="shop",kind="web"} 1\n' in text
+    assert 'onebox_app_up{app="mailer",kind="worker"} 0\n' in text
+    assert 'onebox_app_up{app="jobs",kind="worker"} 1\n' in text
+    assert text.startswith("# HELP onebox_app_up")

@@ -139,7 +139,22 @@ def test_every_target_is_up(target):
     backup = query(target, "onebox_backup_last_success_timestamp_seconds")
     assert backup and backup[0]["metric"]["backup"] == "demo" and backup[0]["metric"]["job"] == "node"
     rules = api(target, "/api/v1/rules")["data"]["groups"]
-    assert {r["name"] for g in rules for r in g["rules"]} >= {"ServiceDown", "BackupStale", "DatabaseDown"}
+    assert {r["name"] for g in rules for r in g["rules"]} >= {
+        "ServiceDown",
+        "WorkerDown",
+        "BackupStale",
+        "DatabaseDown",
+    }
+
+
+def test_the_apps_health_reaches_prometheus(target):
+    """`onebox metrics` (the app role's 30 s timer) through node_exporter's
+    textfile collector: what WorkerDown alerts on for a worker."""
+    assert target.service("onebox-metrics.timer").is_enabled
+    deadline = time.monotonic() + 90
+    while value(target, 'onebox_app_up{app="demo",kind="web",job="node"}') != "1":
+        assert time.monotonic() < deadline, target.run("cat /var/lib/prometheus/node-exporter/onebox_apps.prom").stdout
+        time.sleep(3)
 
 
 def test_everything_listens_on_loopback_only(target):

@@ -237,6 +237,26 @@ def test_a_worker_rolls_back_on_the_server_and_with_the_playbook(target):
     assert last["action"] == "rollback" and last["version"] == "v1"
 
 
+def test_a_stopped_worker_shows_in_the_metrics(target):
+    """onebox metrics: onebox_app_up per app, 0 for a worker whose container
+    stopped (the WorkerDown alert's input; Prometheus: the deploy scenario)."""
+    assert target.service("onebox-metrics.timer").is_enabled
+    target.check_output("mkdir -p /var/tmp/textfile")
+    target.check_output("onebox metrics --textfile-dir /var/tmp/textfile")
+    text = target.check_output("cat /var/tmp/textfile/onebox_apps.prom")
+    for app, kind in (("shop", "web"), ("blog", "web"), ("mailer", "worker"), ("billing", "worker")):
+        assert f'onebox_app_up{{app="{app}",kind="{kind}"}} 1' in text, text
+    live = f"mailer-{running_colour(target, 'mailer')}"
+    target.check_output(f"docker stop -t 10 {live}")
+    try:
+        target.check_output("onebox metrics --textfile-dir /var/tmp/textfile")
+        assert 'onebox_app_up{app="mailer",kind="worker"} 0' in target.check_output(
+            "cat /var/tmp/textfile/onebox_apps.prom"
+        )
+    finally:
+        target.check_output(f"docker start {live}")
+
+
 def test_several_apps_in_one_run_in_order(base_url, target):
     """A version map deploys the apps it names, in the model's order, under
     load on every domain; -e app=all with one version deploys every app."""

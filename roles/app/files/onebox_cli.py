@@ -3,6 +3,7 @@
     sudo onebox status [APP]
     sudo onebox rollback APP [--to VERSION]
     sudo onebox maintenance APP on|off
+    sudo onebox metrics [--textfile-dir DIR]
 
 The same engine as the playbooks (the collection's module_utils, installed
 beside this file): the same deploy lock, release history, audit log, HAProxy
@@ -338,6 +339,24 @@ def cmd_maintenance(cfg, args):
         app.unlock(holder)
 
 
+def cmd_metrics(cfg, args):
+    """onebox_app_up of every app into node_exporter's textfile directory (a
+    timer runs it); nothing when that directory does not exist (no monitoring)."""
+    if not os.path.isdir(args.textfile_dir):
+        return 0
+    rows = []
+    for name in known_apps():
+        app = App(name, cfg)
+        rows.append((name, app.kind, docker_colours(name)))
+    path = os.path.join(args.textfile_dir, "onebox_apps.prom")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(live_state.metrics(rows))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="onebox", description="The incident path on the server (same engine, lock and history as the playbooks)."
@@ -352,13 +371,21 @@ def main(argv=None):
     p = sub.add_parser("maintenance", help="show the maintenance page, or bring the release back")
     p.add_argument("app")
     p.add_argument("mode", choices=["on", "off"])
+    p = sub.add_parser("metrics", help="write onebox_app_up for node_exporter's textfile collector")
+    p.add_argument("--textfile-dir", default="/var/lib/prometheus/node-exporter")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("onebox: run it as root (sudo onebox ...).", file=sys.stderr)
         return 2
     cfg = settings()
     try:
-        return {"status": cmd_status, "rollback": cmd_rollback, "maintenance": cmd_maintenance}[args.command](cfg, args)
+        commands = {
+            "status": cmd_status,
+            "rollback": cmd_rollback,
+            "maintenance": cmd_maintenance,
+            "metrics": cmd_metrics,
+        }
+        return commands[args.command](cfg, args)
     except Refused as exc:
         print(f"onebox: {exc}", file=sys.stderr)
         return 1
