@@ -67,7 +67,8 @@ def test_reads_live_colour_containers_and_history(haproxy, app, tmp_path):
         assert res["haproxy_active"] == ["blue"]
         assert (res["live_colour"], res["idle_colour"]) == ("blue", "green")
         blue, green = res["colours"]["blue"], res["colours"]["green"]
-        assert blue == dict(exists=True, running=True, version="v1", image=IMAGE, container=f"{app}-blue")
+        assert blue.pop("image_id").startswith("sha256:")
+        assert blue == dict(exists=True, running=True, version="v1", image=IMAGE, health="", container=f"{app}-blue")
         assert green["exists"] is True and green["running"] is False and green["version"] == "v2"
         assert [r["version"] for r in res["releases"]] == ["v1", "v2"]
     assert (tmp_path / "releases.jsonl").read_bytes() == before
@@ -80,7 +81,9 @@ def test_live_needs_the_container_running_not_only_haproxy(haproxy, app):
     assert rc == 0, res.get("msg", res)
     assert res["haproxy_active"] == ["blue"]
     assert res["live_colour"] == "" and res["idle_colour"] == "blue"
-    assert res["colours"]["blue"] == dict(exists=False, running=False, version="", image="", container=f"{app}-blue")
+    assert res["colours"]["blue"] == dict(
+        exists=False, running=False, version="", image="", image_id="", health="", container=f"{app}-blue"
+    )
     assert res["releases"] == []
 
 
