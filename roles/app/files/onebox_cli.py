@@ -76,13 +76,11 @@ def docker_colours(name):
     """{colour: live_state.colour_info} of the app's containers, from one
     `docker container inspect` (a missing container is left out of its output)."""
     names = {colour: f"{name}-{colour}" for colour in apps.COLOURS}
-    proc = subprocess.run(
-        ["docker", "container", "inspect", *names.values()], capture_output=True, text=True, check=False
-    )
+    _rc, out, err = docker_cli(["container", "inspect", *names.values()])
     try:
-        found = {c["Name"].lstrip("/"): c for c in json.loads(proc.stdout or "[]")}
+        found = {c["Name"].lstrip("/"): c for c in json.loads(out or "[]")}
     except ValueError:
-        raise Refused(f"docker container inspect failed: {proc.stderr.strip()[:200]}") from None
+        raise Refused(f"docker container inspect failed: {err.strip()[:200]}") from None
     return {colour: live_state.colour_info(cname, found.get(cname)) for colour, cname in names.items()}
 
 
@@ -222,32 +220,36 @@ def cmd_rollback(cfg, args):
         if haproxy.fallback_name(st["live"]) in st["servers"]:
             active.append(haproxy.fallback_name(st["live"]))
         result = app.switch(active)
-        took = round(time.monotonic() - t0, 3)
-        release = release_log.append_release(
-            app.paths["releases"],
-            {
-                "action": "rollback",
-                "version": target,
-                "image": standby["image"],
-                "colour": idle,
-                "previous_colour": st["live"],
-                "previous_version": st["current_version"],
-                "switch_ms": result["switch_ms"],
-                "by": actor(),
-                "via": "onebox",
-            },
-        )
-        app.audit(
-            "rollback-ok",
-            f"from={st['current_version']} to={target} colour={idle} switch_ms={result['switch_ms']} via=onebox",
-        )
-        print(
-            f"{app.name}: rolled back from {st['current_version']} to {target} ({idle}) in {took:g} s; "
-            f"recorded at {release['time']}."
-        )
-        return 0
+        return record_rollback(app, st, target, result["switch_ms"], time.monotonic() - t0, idle)
     finally:
         app.unlock(holder)
+
+
+def record_rollback(app, st, target, switch_ms, seconds, how):
+    """The rollback to the idle colour's release, in the history and the
+    audit log as the playbooks write them (via=onebox), and said. HOW: the
+    colour (and a worker's order) for the message."""
+    idle = st["idle"]
+    release = release_log.append_release(
+        app.paths["releases"],
+        {
+            "action": "rollback",
+            "version": target,
+            "image": st["colours"][idle]["image"],
+            "colour": idle,
+            "previous_colour": st["live"],
+            "previous_version": st["current_version"],
+            "switch_ms": switch_ms,
+            "by": actor(),
+            "via": "onebox",
+        },
+    )
+    app.audit("rollback-ok", f"from={st['current_version']} to={target} colour={idle} switch_ms={switch_ms} via=onebox")
+    print(
+        f"{app.name}: rolled back from {st['current_version']} to {target} ({how}) in {round(seconds, 3):g} s; "
+        f"recorded at {release['time']}."
+    )
+    return 0
 
 
 def docker_cli(args):
@@ -278,30 +280,7 @@ def rollback_worker(app, st, target):
     except worker.WorkerError as exc:
         app.audit("rollback-failed", f"to={target} via=onebox")
         raise Refused(f"{app.name}: {exc}") from None
-    took = round(time.monotonic() - t0, 3)
-    release = release_log.append_release(
-        app.paths["releases"],
-        {
-            "action": "rollback",
-            "version": target,
-            "image": standby["image"],
-            "colour": idle,
-            "previous_colour": st["live"],
-            "previous_version": st["current_version"],
-            "switch_ms": result["switch_ms"],
-            "by": actor(),
-            "via": "onebox",
-        },
-    )
-    app.audit(
-        "rollback-ok",
-        f"from={st['current_version']} to={target} colour={idle} switch_ms={result['switch_ms']} via=onebox",
-    )
-    print(
-        f"{app.name}: rolled back from {st['current_version']} to {target} ({idle}, {result['order']}) in {took:g} s; "
-        f"recorded at {release['time']}."
-    )
-    return 0
+    return record_rollback(app, st, target, result["switch_ms"], time.monotonic() - t0, f"{idle}, {result['order']}")
 
 
 def cmd_maintenance(cfg, args):
