@@ -4,6 +4,9 @@
 #   local/demo:v3      broken: never healthy (no /health)
 #   local/demo:v4      healthy at first, then /health disappears after
 #                      DEMO_FAIL_AFTER seconds (a crash after the switch)
+#   local/demo:v5      /health fine, but / answers 500 to every 5th request
+#                      and the API route /cgi-bin/api always (a broken page)
+#   local/demo:v6      /health fine, but / answers after 0.4 s (a slow release)
 #   Each also runs as a worker with command /worker.sh (jobs, graceful stop).
 # Each is also saved to .cache/images/demo-vN.tar for `docker load` on a server.
 set -euo pipefail
@@ -13,8 +16,8 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
-REV=5
-for v in v1 v2 v3 v4; do
+REV=6
+for v in v1 v2 v3 v4 v5 v6; do
   tar=.cache/images/demo-$v.tar
   # REV: bump when the image changes, so an older build is replaced.
   if [ "$(docker image inspect -f '{{index .Config.Labels "onebox_demo_rev"}}' "local/demo:$v" 2>/dev/null)" = "$REV" ] &&
@@ -24,7 +27,32 @@ for v in v1 v2 v3 v4; do
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
   cp "$BUSYBOX" "$root/bin/busybox"
   for a in sh httpd wget sleep rm cat echo date printf tr cut sha1sum xxd base64 touch kill; do ln -s busybox "$root/bin/$a"; done
-  printf '{"version": "%s", "app": "onebox-demo"}\n' "$v" >"$root/www/index.html"
+  case $v in
+    v5)
+      # / through a CGI (busybox httpd runs cgi-bin/index.cgi when there is no index.html).
+      mkdir -p "$root/www/cgi-bin"
+      cat >"$root/www/cgi-bin/index.cgi" <<CGI
+#!/bin/sh
+n=\$(cat /tmp/requests 2>/dev/null || echo 0)
+n=\$((n + 1))
+echo "\$n" >/tmp/requests
+if [ \$((n % 5)) = 0 ]; then
+  printf 'Status: 500 Internal Server Error\r\nContent-Type: application/json\r\n\r\n{"error": "template failed"}\n'
+  exit 0
+fi
+printf 'Content-Type: application/json\r\n\r\n{"version": "$v", "app": "onebox-demo"}\n'
+CGI
+      ;;
+    v6)
+      mkdir -p "$root/www/cgi-bin"
+      cat >"$root/www/cgi-bin/index.cgi" <<CGI
+#!/bin/sh
+sleep 0.4
+printf 'Content-Type: application/json\r\n\r\n{"version": "$v", "app": "onebox-demo"}\n'
+CGI
+      ;;
+    *) printf '{"version": "%s", "app": "onebox-demo"}\n' "$v" >"$root/www/index.html" ;;
+  esac
   [ "$v" = v3 ] || printf '{"version": "%s", "status": "ok"}\n' "$v" >"$root/www/health"
   # /cgi-bin/headers: what the proxy told the app; /cgi-bin/slow?N: answers after N seconds;
   # /cgi-bin/ws?N: a WebSocket that pushes {"version", "n"} once a second for N seconds.
@@ -60,7 +88,20 @@ while [ "\$n" -lt "\${QUERY_STRING:-5}" ]; do
 done
 printf '\210\000'
 CGI
-  chmod 755 "$root/www/cgi-bin/headers" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/ws"
+  # /cgi-bin/api: an API route (v5's is broken).
+  if [ "$v" = v5 ]; then
+    cat >"$root/www/cgi-bin/api" <<'CGI'
+#!/bin/sh
+printf 'Status: 500 Internal Server Error\r\nContent-Type: application/json\r\n\r\n{"error": "no such column"}\n'
+CGI
+  else
+    cat >"$root/www/cgi-bin/api" <<CGI
+#!/bin/sh
+printf 'Content-Type: application/json\r\n\r\n{"version": "$v", "api": "ok"}\n'
+CGI
+  fi
+  chmod 755 "$root/www/cgi-bin/headers" "$root/www/cgi-bin/slow" "$root/www/cgi-bin/ws" "$root/www/cgi-bin/api"
+  [ -e "$root/www/cgi-bin/index.cgi" ] && chmod 755 "$root/www/cgi-bin/index.cgi"
   cat >"$root/start.sh" <<'START'
 #!/bin/sh
 # Serve /www on 8080. DEMO_FAIL_AFTER: remove /health after that many seconds.

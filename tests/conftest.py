@@ -80,11 +80,17 @@ class Backend:
     """A tiny HTTP app: /health answers `health_status`, every path answers
     the version; /slow?s=N holds the request N seconds (a long session);
     a WebSocket upgrade on any path gets 101 and then a text frame
-    "tick N" every 0.2 s until the client goes away."""
+    "tick N" every 0.2 s until the client goes away. A bad release:
+    `error_every` N answers 500 to every Nth request (not /health),
+    `delay` seconds before every answer (not /health)."""
 
     def __init__(self, version):
         self.version = version
         self.health_status = 200
+        self.error_every = 0
+        self.delay = 0.0
+        self.count = 0
+        self.count_lock = threading.Lock()
         self.required_host = None  # answer 400 to other Host headers, like Django
         self.port = free_port()
         backend = self
@@ -104,6 +110,14 @@ class Backend:
                     status = backend.health_status
                 elif url.path == "/slow":
                     time.sleep(float(urllib.parse.parse_qs(url.query).get("s", ["1"])[0]))
+                if url.path != "/health":
+                    with backend.count_lock:
+                        backend.count += 1
+                        n = backend.count
+                    if backend.delay:
+                        time.sleep(backend.delay)
+                    if backend.error_every and n % backend.error_every == 0:
+                        status = 500
                 body = json.dumps({"version": backend.version, "status": status}).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -166,9 +180,17 @@ global
     stats socket ipv4@127.0.0.1:{tcp_port} level admin
     server-state-file {dir}/server-state
     pidfile {dir}/haproxy.pid
+    log ring@onebox-traffic format raw local0 info
+
+ring onebox-traffic
+    format raw
+    maxlen 1024
+    size 1048576
 
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 2s
     timeout client 30s
     timeout server 30s

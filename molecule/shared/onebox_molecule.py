@@ -82,7 +82,7 @@ def get_json(base_url, host_header, path="/", timeout=5):
 class Load:
     """Constant traffic through HAProxy to one Host from THREADS threads
     (4 threads, a 0.02 s pause: about 150 requests/s); every request is
-    counted, with the version that answered. Bounded to 15 minutes and
+    counted, with the version that answered and when. Bounded to 15 minutes and
     200,000 requests."""
 
     def __init__(self, base_url, host_header, threads=4, pause=0.02):
@@ -96,20 +96,28 @@ class Load:
         self.failed = 0
         self.versions = {}
         self.errors = []
+        # (time.time(), status (0: no answer), version) of every request.
+        self.events = []
         self.workers = []
 
     def _work(self):
         deadline = time.monotonic() + 900
         while not self.stop_flag.is_set() and time.monotonic() < deadline and self.ok + self.failed < 200000:
+            status = 0
             try:
                 status, body = get_json(self.base_url, self.host_header)
                 good = status == 200
                 version = body.get("version")
+            except urllib.error.HTTPError as exc:
+                good, version, status = False, None, exc.code
+                with self.lock:
+                    self.errors.append(f"HTTP {exc.code}")
             except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
                 good, version = False, None
                 with self.lock:
                     self.errors.append(repr(exc)[:200])
             with self.lock:
+                self.events.append((time.time(), status, version))
                 if good:
                     self.ok += 1
                     self.versions[version] = self.versions.get(version, 0) + 1

@@ -59,6 +59,16 @@ DEFAULTS = {
     "blue_port": None,
     "green_port": None,
     "maintenance_html": None,
+    # Verification on real traffic (module_utils/verify, traffic): paths the
+    # release must answer before and after the switch, the gates of the
+    # window, and canary steps in percent ([10, 50, 100]; [] switches at once).
+    "smoke_checks": [],
+    "verify_max_error_rate": 0.01,
+    "verify_min_requests": 20,
+    "verify_latency_factor": 2.0,
+    "verify_latency_floor_ms": 100,
+    "rollout_steps": [],
+    "rollout_hold": 30,
 }
 # "domain" (one) is read as "domains" (a list), as the haproxy role took it.
 # "derived" is recomputed: a checked model can be checked again (a role given
@@ -180,12 +190,57 @@ def _one(raw, index, errors, need_image=True):
     for key in ("env", "secret_env"):
         if not isinstance(app[key], dict):
             errors.append(f"{where}: {key} must be a mapping of NAME: value")
-    for key in ("verify_seconds", "verify_interval", "drain_timeout", "stop_timeout", "keep_releases"):
+    floats = (
+        "verify_interval",
+        "verify_max_error_rate",
+        "verify_latency_factor",
+        "verify_latency_floor_ms",
+        "rollout_hold",
+    )
+    for key in floats + ("verify_seconds", "drain_timeout", "stop_timeout", "keep_releases", "verify_min_requests"):
         try:
-            app[key] = float(app[key]) if key == "verify_interval" else int(app[key])
+            app[key] = float(app[key]) if key in floats else int(app[key])
         except (TypeError, ValueError):
             errors.append(f"{where}: {key} must be a number, not {app[key]!r}")
+    _verification(app, where, errors)
     return app
+
+
+def rollout_steps(steps):
+    """[10, 50, 100] -> [10, 50]: the shares before the full switch. Raise
+    ValueError unless they rise from 1 to 99 (a last 100 is the switch)."""
+    if not isinstance(steps, list):
+        raise ValueError(f"rollout_steps must be a list of percentages such as [10, 50, 100], not {steps!r}")
+    try:
+        out = [int(s) for s in steps]
+    except (TypeError, ValueError):
+        raise ValueError(f"rollout_steps must be whole percentages such as [10, 50, 100], not {steps!r}") from None
+    if out and out[-1] == 100:
+        out = out[:-1]
+    if any(not 1 <= s <= 99 for s in out) or out != sorted(set(out)):
+        raise ValueError(f"rollout_steps must rise from 1 to 100 percent, such as [10, 50, 100], not {steps!r}")
+    return out
+
+
+def _verification(app, where, errors):
+    from .verify import normalize_checks
+
+    if app["kind"] == "worker":
+        for key in ("smoke_checks", "rollout_steps"):
+            if app[key]:
+                errors.append(f"{where}: a worker serves no HTTP, so it takes no {key}")
+        return
+    try:
+        normalize_checks(app["smoke_checks"] if isinstance(app["smoke_checks"], list) else [app["smoke_checks"]])
+    except ValueError as exc:
+        errors.append(f"{where}: {exc}")
+    try:
+        app["rollout_steps"] = rollout_steps(app["rollout_steps"])
+    except ValueError as exc:
+        errors.append(f"{where}: {exc}")
+    rate = app["verify_max_error_rate"]
+    if isinstance(rate, float) and not 0 <= rate < 1:
+        errors.append(f"{where}: verify_max_error_rate is a share from 0 to 1 (0.01 is 1 %), not {rate}")
 
 
 def normalize(apps, reserved_ports=(), need_image=True):
@@ -244,6 +299,13 @@ LEGACY = {
     "app_verify_interval": "verify_interval",
     "app_drain_timeout": "drain_timeout",
     "app_keep_releases": "keep_releases",
+    "app_smoke_checks": "smoke_checks",
+    "app_verify_max_error_rate": "verify_max_error_rate",
+    "app_verify_min_requests": "verify_min_requests",
+    "app_verify_latency_factor": "verify_latency_factor",
+    "app_verify_latency_floor_ms": "verify_latency_floor_ms",
+    "app_rollout_steps": "rollout_steps",
+    "app_rollout_hold": "rollout_hold",
 }
 # What the app role's defaults gave a single-app inventory.
 LEGACY_DEFAULTS = {

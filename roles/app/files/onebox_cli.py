@@ -185,9 +185,27 @@ def cmd_status(cfg, args):
         for rel in st["history"][-args.last :]:
             print(
                 f"  {rel.get('time', '?'):20} {rel.get('action', '?'):8} {rel.get('version', '?'):12} "
-                f"{rel.get('colour', '')}  by {rel.get('by', '?')}"
+                f"{rel.get('colour', ''):5}  by {rel.get('by', '?')}{window_text(rel.get('verification'))}"
             )
+        # Releases the verification switched back never reach the history.
+        backs = [line for line in release_log.read_audit(app.paths["audit_log"], 200) if " switch-back " in line]
+        if backs:
+            print(f"  last switched back: {backs[-1]}")
     return 0
+
+
+def window_text(verification):
+    """A release's verification window, as one short clause."""
+    figures = (verification or {}).get("figures") or {}
+    if not figures:
+        return ""
+    text = f"  window: {figures.get('requests', 0)} req, {figures.get('errors_5xx', 0)} 5xx"
+    if figures.get("p95_ms") is not None:
+        text += f", p95 {figures['p95_ms']} ms"
+    steps = (verification or {}).get("steps") or []
+    if steps:
+        text += ", canary " + "/".join(str(s.get("percent")) for s in steps) + "/100 %"
+    return text
 
 
 def cmd_rollback(cfg, args):

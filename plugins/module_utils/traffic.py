@@ -1,0 +1,271 @@
+# Copyright: onebox.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Judging a release on its real traffic, as HAProxy saw it.
+
+The haproxy role logs every request to an in-memory ring (``ring onebox-traffic``
+in haproxy.cfg) besides syslog. Over the Runtime API, ``show events RING``
+dumps what the ring holds (the previous colour's recent requests: the
+baseline) and ``show events RING -w -n`` streams each new request as it ends.
+Each log line names the backend and server, the status and the server's
+response time, so a verification window counts, per server: requests, 5xx
+answers and the 95th percentile of the response time. Nothing goes to disk
+and no Prometheus is needed.
+
+Standard library only (runs on the server, from the modules and the bench).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import threading
+import time
+
+RING = "onebox-traffic"
+
+# httplog: client [date] frontend backend/server TR/Tw/Tc/Tr/Ta status bytes ... "METHOD URI VER"
+LINE = re.compile(
+    r"^\S+ \[[^\]]+\] \S+ (?P<backend>[^/\s]+)/(?P<server>\S+) "
+    r"(?P<TR>-?\d+)/(?P<Tw>-?\d+)/(?P<Tc>-?\d+)/(?P<Tr>-?\d+)/\+?(?P<Ta>-?\d+) "
+    r'(?P<status>-?\d+) .*?"(?P<method>[A-Z]+) (?P<uri>\S+)'
+)
+
+
+def parse_line(line):
+    """One ring line -> {backend, server, status, tr_ms, path} or None."""
+    m = LINE.match(line.strip())
+    if not m:
+        return None
+    return {
+        "backend": m["backend"],
+        "server": m["server"],
+        "status": int(m["status"]),
+        # Time to the server's response headers; -1 when it never answered.
+        "tr_ms": int(m["Tr"]),
+        "path": m["uri"].split("?", 1)[0],
+    }
+
+
+def wilson_lower(errors, total, z=1.96):
+    """Lower bound of the 95 % confidence interval of errors/total (Wilson):
+    above the limit means "over the limit", not "one unlucky request"."""
+    if total <= 0:
+        return 0.0
+    p = errors / total
+    denom = 1 + z * z / total
+    centre = p + z * z / (2 * total)
+    margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
+    return max(0.0, (centre - margin) / denom)
+
+
+def percentile(values, q):
+    """Nearest-rank percentile (q in 0..100) of VALUES; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+class Tally:
+    """Requests of one server: how many, how many 5xx, response times."""
+
+    def __init__(self):
+        self.requests = 0
+        self.errors = 0
+        self.times = []
+
+    def add(self, rec):
+        if rec["status"] < 0:
+            # The client went away before any answer: nobody's fault here.
+            return
+        self.requests += 1
+        if 500 <= rec["status"] <= 599:
+            self.errors += 1
+        if rec["tr_ms"] >= 0:
+            self.times.append(rec["tr_ms"])
+
+    def figures(self):
+        return {
+            "requests": self.requests,
+            "errors_5xx": self.errors,
+            "error_rate": round(self.errors / self.requests, 4) if self.requests else 0.0,
+            "p95_ms": percentile(self.times, 95),
+        }
+
+
+class Gates:
+    """When a release's traffic says it is bad.
+
+    - 5xx: the ratio is over ``max_error_rate`` with 95 % confidence, once
+      ``min_requests`` were seen (with fewer, nothing is judged: the probes
+      decide);
+    - latency: with ``min_requests`` seen, its p95 is over
+      max(``latency_factor`` x the baseline p95, baseline p95 + ``latency_floor_ms``),
+      the baseline being the previous colour's recent requests (no baseline:
+      no latency gate).
+    """
+
+    def __init__(self, max_error_rate=0.01, min_requests=20, latency_factor=2.0, latency_floor_ms=100):
+        if not 0 <= float(max_error_rate) < 1:
+            raise ValueError(f"max_error_rate must be from 0 to 1 (0.01 is 1 %), not {max_error_rate}")
+        if int(min_requests) < 1:
+            raise ValueError(f"min_requests must be at least 1, not {min_requests}")
+        if float(latency_factor) < 1:
+            raise ValueError(f"latency_factor must be at least 1, not {latency_factor}")
+        self.max_error_rate = float(max_error_rate)
+        self.min_requests = int(min_requests)
+        self.latency_factor = float(latency_factor)
+        self.latency_floor_ms = float(latency_floor_ms)
+
+    def latency_bound(self, baseline_p95):
+        if baseline_p95 is None:
+            return None
+        return max(self.latency_factor * baseline_p95, baseline_p95 + self.latency_floor_ms)
+
+    def judge(self, tally, baseline_p95):
+        """None while the traffic is fine (or too little to judge), else why it is bad."""
+        if tally.requests < self.min_requests:
+            return None
+        low = wilson_lower(tally.errors, tally.requests)
+        if tally.errors and low > self.max_error_rate:
+            return (
+                f"{tally.errors} of {tally.requests} requests answered 5xx "
+                f"({100.0 * tally.errors / tally.requests:.1f} %, over the {100 * self.max_error_rate:g} % limit)"
+            )
+        bound = self.latency_bound(baseline_p95)
+        p95 = percentile(tally.times, 95)
+        if bound is not None and p95 is not None and len(tally.times) >= self.min_requests and p95 > bound:
+            return (
+                f"p95 response time {p95} ms over {tally.requests} requests is over the bound of {bound:g} ms "
+                f"(the previous colour's p95 was {baseline_p95} ms)"
+            )
+        return None
+
+
+def _command_socket(address, timeout):
+    if address.startswith("tcp://"):
+        host, _sep, port = address[len("tcp://") :].rpartition(":")
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address)
+    return sock
+
+
+def ring_history(client, ring=RING):
+    """Every line the ring holds now (``show events RING``), parsed."""
+    out = client.command(f"show events {ring}")
+    if out.startswith("No such") or "Unknown" in out.split("\n", 1)[0]:
+        raise LookupError(
+            f"HAProxy has no ring '{ring}' ({out.strip()}): re-run site.yml, whose haproxy role adds it to haproxy.cfg"
+        )
+    return [rec for rec in (parse_line(line) for line in out.splitlines()) if rec]
+
+
+def baseline(records, backend, server, skip_paths=(), last=1000):
+    """The recent requests of BACKEND/SERVER among RECORDS, as a Tally."""
+    tally = Tally()
+    mine = [r for r in records if r["backend"] == backend and r["server"] == server and r["path"] not in skip_paths]
+    for rec in mine[-last:]:
+        tally.add(rec)
+    return tally
+
+
+class Watcher:
+    """Streams the ring in a thread and tallies BACKEND's requests per server
+    from now on (``show events RING -w -n``; reconnects if HAProxy closes the
+    stream, for example on a reload). ``skip_paths``: requests not counted as
+    traffic (the health probes of the window itself)."""
+
+    def __init__(self, address, backend, ring=RING, skip_paths=(), timeout=5.0):
+        self.address = address
+        self.backend = backend
+        self.ring = ring
+        self.skip_paths = set(skip_paths)
+        self.timeout = timeout
+        self.tallies = {}
+        self.lock = threading.Lock()
+        self.stop_flag = threading.Event()
+        self.ready = threading.Event()
+        self.error = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        # The stream must be open before traffic is switched: nothing missed.
+        self.ready.wait(self.timeout)
+        if self.error:
+            raise RuntimeError(self.error)
+        return self
+
+    def stop(self):
+        self.stop_flag.set()
+        self.thread.join(self.timeout + 1)
+
+    def reset(self):
+        """Start counting afresh (a new canary step)."""
+        with self.lock:
+            self.tallies = {}
+
+    def tally(self, server):
+        with self.lock:
+            t = self.tallies.get(server, Tally())
+            copy = Tally()
+            copy.requests, copy.errors, copy.times = t.requests, t.errors, list(t.times)
+            return copy
+
+    def _feed(self, line):
+        rec = parse_line(line)
+        if not rec or rec["backend"] != self.backend or rec["path"] in self.skip_paths:
+            return
+        with self.lock:
+            self.tallies.setdefault(rec["server"], Tally()).add(rec)
+
+    def _run(self):
+        while not self.stop_flag.is_set():
+            try:
+                sock = _command_socket(self.address, self.timeout)
+            except OSError as exc:
+                self.error = f"cannot stream HAProxy's ring '{self.ring}' from {self.address}: {exc}"
+                self.ready.set()
+                return
+            try:
+                sock.sendall(f"show events {self.ring} -w -n\n".encode())
+                sock.settimeout(0.2)
+                buf = b""
+                first = True
+                while not self.stop_flag.is_set():
+                    if first:
+                        # HAProxy answers an unknown ring at once; a good one stays silent.
+                        try:
+                            data = sock.recv(65536)
+                        except socket.timeout:
+                            data = None
+                        if data is not None and data.startswith(b"No such"):
+                            self.error = (
+                                f"HAProxy has no ring '{self.ring}': re-run site.yml (the haproxy role adds it)"
+                            )
+                            self.ready.set()
+                            return
+                        first = False
+                        self.ready.set()
+                        if data is None:
+                            continue
+                    else:
+                        try:
+                            data = sock.recv(65536)
+                        except socket.timeout:
+                            continue
+                    if not data:
+                        break
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        self._feed(line.decode("utf-8", "replace"))
+            except OSError:
+                time.sleep(0.1)
+            finally:
+                sock.close()
