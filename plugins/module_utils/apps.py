@@ -69,6 +69,8 @@ DEFAULTS = {
     "verify_latency_floor_ms": 100,
     "rollout_steps": [],
     "rollout_hold": 30,
+    # A cookie keeps each visitor on one colour while a canary runs.
+    "rollout_sticky": False,
 }
 # "domain" (one) is read as "domains" (a list), as the haproxy role took it.
 # "derived" is recomputed: a checked model can be checked again (a role given
@@ -226,7 +228,7 @@ def _verification(app, where, errors):
     from .verify import normalize_checks
 
     if app["kind"] == "worker":
-        for key in ("smoke_checks", "rollout_steps"):
+        for key in ("smoke_checks", "rollout_steps", "rollout_sticky"):
             if app[key]:
                 errors.append(f"{where}: a worker serves no HTTP, so it takes no {key}")
         return
@@ -238,6 +240,8 @@ def _verification(app, where, errors):
         app["rollout_steps"] = rollout_steps(app["rollout_steps"])
     except ValueError as exc:
         errors.append(f"{where}: {exc}")
+    if not isinstance(app["rollout_sticky"], bool):
+        errors.append(f"{where}: rollout_sticky must be true or false, not {app['rollout_sticky']!r}")
     rate = app["verify_max_error_rate"]
     if isinstance(rate, float) and not 0 <= rate < 1:
         errors.append(f"{where}: verify_max_error_rate is a share from 0 to 1 (0.01 is 1 %), not {rate}")
@@ -306,6 +310,7 @@ LEGACY = {
     "app_verify_latency_floor_ms": "verify_latency_floor_ms",
     "app_rollout_steps": "rollout_steps",
     "app_rollout_hold": "rollout_hold",
+    "app_rollout_sticky": "rollout_sticky",
 }
 # What the app role's defaults gave a single-app inventory.
 LEGACY_DEFAULTS = {

@@ -22,7 +22,7 @@ import time
 
 from .haproxy import HAProxyError, RuntimeClient, Switch, describe_servers, is_healthy
 from .health import Expectation, probe
-from .traffic import RING, Gates, Watcher, baseline, ring_history
+from .traffic import RING, Gates, Tally, Watcher, baseline, ring_history
 
 FULL_WEIGHT = 100
 
@@ -183,11 +183,21 @@ class Verifier:
                 return None, round(now - start, 3)
             time.sleep(0.1)
 
-    def canary(self, steps, hold, back_to):
+    def canary(self, steps, hold, back_to, sticky_map=None):
         """Traffic to the new colour in STEPS (percent, each below 100), each
-        held HOLD seconds and judged; a bad step sends everything back to BACK_TO."""
+        held HOLD seconds and judged; a bad step sends everything back to BACK_TO.
+        STICKY_MAP: the haproxy.cfg map whose entry for the backend makes its
+        cookie count (a visitor keeps its colour) for as long as the steps last."""
         results = []
         watcher = Watcher(self.socket_path, self.backend, self.ring, self.skip_paths).start()
+        if sticky_map:
+            out = self.client.command(f"add map {sticky_map} {self.backend} 1").strip()
+            if out:
+                watcher.stop()
+                raise HAProxyError(
+                    f"cannot turn on stickiness for {self.backend}: HAProxy said '{out}' for map {sticky_map} "
+                    "(re-run site.yml with rollout_sticky set, so haproxy.cfg loads the map)"
+                )
         try:
             for pct in steps:
                 weights = {self.server: int(pct), back_to: FULL_WEIGHT - int(pct)}
@@ -213,11 +223,19 @@ class Verifier:
                     )
             return self._facts(watcher, steps=results, verdict="passed")
         finally:
+            if sticky_map:
+                # After the steps the cookie is ignored again: the full switch
+                # (or the switch back) moves every visitor.
+                self.client.command(f"del map {sticky_map} {self.backend}")
             watcher.stop()
 
-    def window(self, seconds, probe_fn, interval, back_to=None, smoke_fn=None):
-        """After the switch: judge the traffic for SECONDS while probing."""
-        watcher = Watcher(self.socket_path, self.backend, self.ring, self.skip_paths).start()
+    def window(self, seconds, probe_fn, interval, back_to=None, smoke_fn=None, traffic=True):
+        """After the switch: judge the traffic for SECONDS while probing.
+        TRAFFIC=False: the probes alone (HAProxy has no request ring yet)."""
+        if traffic:
+            watcher = Watcher(self.socket_path, self.backend, self.ring, self.skip_paths).start()
+        else:
+            watcher = NoTraffic()
         start_wall = time.time()
         try:
             reason = smoke_fn() if smoke_fn else None
@@ -247,6 +265,16 @@ class Verifier:
             return facts
         finally:
             watcher.stop()
+
+
+class NoTraffic:
+    """Stands in for a Watcher when HAProxy has no request ring: no requests seen."""
+
+    def tally(self, _server):
+        return Tally()
+
+    def stop(self):
+        pass
 
 
 def health_probe(url, expect, host_header=None, validate_certs=False, timeout=5.0):

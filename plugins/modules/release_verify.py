@@ -127,6 +127,18 @@ options:
   state_file:
     description: HAProxy's server-state-file, rewritten after a switch so a reload keeps it.
     type: path
+  sticky:
+    description:
+      - During the canary steps, each visitor keeps the colour it first got (HAProxy's cookie C(onebox_<app>), which
+        the haproxy role sets for apps with C(rollout_sticky)), so a visitor does not flip between versions.
+      - The backend is added to O(sticky_map) for the steps and removed after, so the full switch and a switch back
+        move every visitor.
+    type: bool
+    default: false
+  sticky_map:
+    description: The map haproxy.cfg consults for stickiness (C(haproxy_canary_map) of the haproxy role).
+    type: path
+    default: /etc/haproxy/onebox-canary.map
   skip_paths:
     description: Paths whose requests are not counted as traffic, such as the health path the probes and monitors ask.
     type: list
@@ -237,6 +249,10 @@ judged_after_s:
   description: Seconds from the start of the window (or step) to the verdict.
   returned: canary, window
   type: float
+traffic_judged:
+  description: False when HAProxy had no request ring (haproxy.cfg older than this module), so the probes alone judged.
+  returned: window, on success
+  type: bool
 probes:
   description: Health probes made in the window.
   returned: window
@@ -286,6 +302,8 @@ def main():
             drain_timeout=dict(type="float", default=30.0),
             state_file=dict(type="path"),
             skip_paths=dict(type="list", elements="str", default=[]),
+            sticky=dict(type="bool", default=False),
+            sticky_map=dict(type="path", default="/etc/haproxy/onebox-canary.map"),
         ),
         required_if=[
             ("phase", "smoke", ("base_url",)),
@@ -323,9 +341,20 @@ def main():
             state_file=p["state_file"],
             drain_timeout=p["drain_timeout"],
         )
-        verifier.read_baseline()
+        traffic = True
         if p["phase"] == "canary":
-            facts = verifier.canary(steps, p["hold"], p["back_to"])
+            # No ring: fail here, before any weight changes.
+            verifier.read_baseline()
+        else:
+            try:
+                verifier.read_baseline()
+            except LookupError as exc:
+                # A server whose haproxy.cfg predates the ring still deploys, judged
+                # on the probes alone, and says how to get the traffic gates.
+                traffic = False
+                module.warn(f"{exc}. This window is judged on the health probes only.")
+        if p["phase"] == "canary":
+            facts = verifier.canary(steps, p["hold"], p["back_to"], p["sticky_map"] if p["sticky"] else None)
             module.exit_json(changed=bool(steps), switched_back=False, **facts)
 
         expect = Expectation(["200"], None, p["probe_json_path"], p["probe_json_value"])
@@ -342,7 +371,10 @@ def main():
                 return str(exc)
             return None
 
-        facts = verifier.window(p["seconds"], probe_fn, p["interval"], back_to=p["back_to"], smoke_fn=smoke_fn)
+        facts = verifier.window(
+            p["seconds"], probe_fn, p["interval"], back_to=p["back_to"], smoke_fn=smoke_fn, traffic=traffic
+        )
+        facts["traffic_judged"] = traffic
         if facts.get("note"):
             module.warn(facts["note"])
         module.exit_json(changed=False, switched_back=False, smoke=smoke_results, probes=probe_fn.counter["n"], **facts)

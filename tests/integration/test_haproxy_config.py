@@ -156,3 +156,93 @@ def test_a_bad_model_renders_nothing(tmp_path, apps, message):
     proc, out = render(tmp_path, apps)
     assert proc.returncode != 0 and message in " ".join(proc.stdout.split()), proc.stdout[-2000:]
     assert not out.exists()
+
+
+def test_a_sticky_canary_keeps_each_visitor_on_one_version_only_while_it_runs(tmp_path):
+    """rollout_sticky: the rendered backend sets a cookie, honoured only while
+    release_verify's canary steps run (the map entry), so the full switch
+    later moves every visitor (issue 12, item 3)."""
+    import http.cookiejar
+    import threading
+
+    from conftest import run_module
+
+    blue, green = Backend("v1"), Backend("v2")
+    port = free_port()
+    canary_map = tmp_path / "canary.map"
+    canary_map.write_text("")
+    apps = [
+        {
+            "name": "shop",
+            "domains": ["shop.test"],
+            "health_path": "/health",
+            "blue_port": blue.port,
+            "green_port": green.port,
+            "rollout_sticky": True,
+        }
+    ]
+    proc, out = render(tmp_path, apps, haproxy_http_port=port, haproxy_canary_map=str(canary_map))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "cookie onebox_shop insert indirect nocache httponly" in out.read_text()
+    run_cfg = runnable(tmp_path, out)
+    subprocess.run(["haproxy", "-f", str(run_cfg), "-D"], check=True)
+
+    def versions(opener, n=12):
+        seen = []
+        for _i in range(n):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": "shop.test"})
+            with opener.open(req, timeout=5) as resp:
+                seen.append(json.loads(resp.read())["version"])
+        return seen
+
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                get(port, "shop.test")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        result = {}
+
+        def canary():
+            result["out"] = run_module(
+                "release_verify",
+                dict(
+                    phase="canary",
+                    socket=str(tmp_path / "admin.sock"),
+                    backend="app_shop",
+                    server="green",
+                    back_to="blue",
+                    steps=[50],
+                    hold=3,
+                    sticky=True,
+                    sticky_map=str(canary_map),
+                ),
+            )
+
+        thread = threading.Thread(target=canary)
+        thread.start()
+        from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient, describe_servers
+        from conftest import wait_for
+
+        client = RuntimeClient(str(tmp_path / "admin.sock"))
+        wait_for(lambda: describe_servers(client, "app_shop")["green"]["weight"] == 50, timeout=20)
+        visitor = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        sticky = versions(visitor)
+        anonymous = versions(urllib.request.build_opener())
+        thread.join()
+        rc, res = result["out"]
+        assert rc == 0, res
+        # Both colours are live at 50 %: a visitor with the cookie stays on one.
+        assert len(set(sticky)) == 1, sticky
+        assert set(anonymous) == {"v1", "v2"}, anonymous
+        # The steps are over (both still live here): the cookie no longer binds.
+        assert set(versions(visitor)) == {"v1", "v2"}
+    finally:
+        with open(tmp_path / "haproxy.pid") as fh:
+            os.kill(int(fh.read().split()[0]), 15)
+        blue.stop()
+        green.stop()

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient, Switch, describe_servers
-from conftest import run_module, wait_for
+from conftest import run_module
 
 
 class Traffic:
@@ -236,9 +236,14 @@ def test_a_failing_canary_step_sends_all_traffic_back(haproxy, backends):
     assert st["blue"] == ("ready", 100) and st["green"][0] == "drain"
 
 
-def test_a_missing_ring_is_a_clear_error(haproxy):
+def test_without_the_ring_the_window_says_so_and_the_probes_decide(haproxy):
     go_live(haproxy, "green")
     rc, res = window(haproxy, ring="nope", seconds=1)
-    assert rc != 0
-    assert "nope" in res["msg"]
-    wait_for(lambda: admin_states(haproxy)["green"][0] == "ready")
+    assert rc == 0, res.get("msg", res)
+    assert res["traffic_judged"] is False
+    assert any("no ring 'nope'" in str(w) and "re-run site.yml" in str(w) for w in res["warnings"]), res["warnings"]
+    # A canary cannot go without it: refused before any weight changes.
+    before = admin_states(haproxy)
+    rc, res = canary(haproxy, [10], hold=1, ring="nope")
+    assert rc != 0 and "no ring 'nope'" in res["msg"]
+    assert admin_states(haproxy) == before

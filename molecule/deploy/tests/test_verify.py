@@ -236,11 +236,26 @@ def test_a_canary_that_fails_at_10_percent_sends_everything_back(base_url):
     record("canary failing at 10 %", dict(exp, playbook_seconds=seconds, requests=load.total))
 
 
-def test_a_smoke_check_refuses_a_broken_api_route_before_any_traffic(base_url):
+def test_a_smoke_check_refuses_a_broken_api_route_before_any_traffic(base_url, receiver):
     good = live_version(base_url)
+    since = time.time()
     checks = json.dumps({"app_smoke_checks": ["/", {"path": "/cgi-bin/api", "json_path": "api", "json_value": "ok"}]})
     with Load(base_url) as load:
         rc, out, _seconds = play("deploy.yml", "-e", "app_version=v5", "-e", checks)
     assert rc != 0
     assert "smoke checks failed" in out and "/cgi-bin/api: HTTP 500" in out, out[-3000:]
     assert load.failed == 0 and set(load.versions) == {good}, load.versions
+    got = wait_inbox(receiver, since, "demo deploy of v5 FAILED")
+    # One notice per outcome, on each channel.
+    assert len(got["hook"]) == 1 and len(got["mail"]) == 1, got
+
+
+def test_a_rollback_is_told_too(base_url, receiver):
+    before = live_version(base_url)
+    since = time.time()
+    rc, out, _seconds = play("rollback.yml")
+    assert rc == 0, out[-3000:]
+    now = live_version(base_url)
+    assert now != before
+    got = wait_inbox(receiver, since, f"demo rolled back to {now}")
+    assert len(got["hook"]) == 1 and len(got["mail"]) == 1, got
