@@ -29,6 +29,8 @@ from onebox_molecule import PROJECT, ansible_env, get_json, one_line, playbook_a
 from onebox_molecule import Load as SharedLoad
 
 HOST = "demo.test"
+# site.yml's HAProxy part alone, for the tests that change an HAProxy setting.
+HAPROXY_PLAY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "haproxy.yml")
 RESULTS = os.path.join(PROJECT, "tests", "output", "deploy-load.json")
 
 
@@ -521,7 +523,7 @@ def test_a_crash_right_after_the_switch_falls_back_at_once(base_url, target):
 
 
 def test_an_haproxy_reload_waits_for_a_deploy_in_progress(base_url, target):
-    """site.yml changing an HAProxy setting reloads it only once the deploy
+    """Changing an HAProxy setting (site.yml's haproxy role) reloads it only once the deploy
     lock is free, so a reload never races a switch. Keep-alive clients run
     throughout; their failures on the reload are recorded (HAProxy 2.6 has
     no idle-close-on-response: close-spread-time only spreads the closes)."""
@@ -548,7 +550,7 @@ def test_an_haproxy_reload_waits_for_a_deploy_in_progress(base_url, target):
     timer = threading.Thread(target=release, daemon=True)
     with Load(base_url) as load, KeepAlive(base_url) as keep:
         timer.start()
-        rc, out, seconds = play("site.yml", "-e", "haproxy_close_spread_time=4s")
+        rc, out, seconds = play(HAPROXY_PLAY, "-e", "haproxy_close_spread_time=4s")
         timer.join()
     record("site.yml reload under keep-alive load", load, seconds, rc, {"keepalive_failed": keep.failed})
     print(f"reload: {load.failed} of {load.total} failed; keep-alive {keep.failed} of {keep.ok + keep.failed}")
@@ -625,7 +627,7 @@ def test_a_slow_health_check_cuts_no_session(base_url, target):
 def test_verification_follows_the_https_redirect(base_url, target):
     """With haproxy_redirect_https the plain-HTTP endpoint answers 301; a
     deploy verifies over https (before: every deploy failed on the 301)."""
-    rc, out, _s = play("site.yml", "-e", "haproxy_redirect_https=true")
+    rc, out, _s = play(HAPROXY_PLAY, "-e", "haproxy_redirect_https=true")
     assert rc == 0, out[-3000:]
     try:
         conn = http.client.HTTPConnection(base_url.split("://", 1)[1], 80, timeout=5)
@@ -643,6 +645,6 @@ def test_verification_follows_the_https_redirect(base_url, target):
         assert json.loads(tls.getresponse().read())["version"] == "v1"
         tls.close()
     finally:
-        rc, out, _s = play("site.yml")
+        rc, out, _s = play(HAPROXY_PLAY)
         assert rc == 0, out[-3000:]
     assert only_version(base_url) == {"v1"}

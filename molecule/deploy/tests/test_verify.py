@@ -160,8 +160,9 @@ def test_a_canary_moves_the_weights_step_by_step_and_keeps_a_good_release(base_u
     shares = set()
     for line in seen.splitlines():
         parts = dict((p.split(":")[0], p.split(":")[1:]) for p in line.split()[1:])
-        if len(parts) == 2 and all(v[0] == "0" for v in parts.values()):
-            # Both ready (admin state 0): a canary step; (weight of blue, weight of green).
+        # Both ready: a canary step. Admin state bits (HAProxy's SRV_ADMF_*): 0 is
+        # ready; CMAINT (4) only remembers "disabled" in haproxy.cfg and stays set.
+        if len(parts) == 2 and all(int(v[0]) & ~4 == 0 for v in parts.values()):
             shares.add((int(parts["blue"][1]), int(parts["green"][1])))
     assert {(10, 90), (50, 50)} <= {tuple(sorted(s)) for s in shares}, seen[-2000:]
     last = releases(receiver)[-1]
