@@ -4,6 +4,8 @@
 #   2. backups of a ~200 MB database against `pg_dump | gzip`
 #   3. deploy.yml, rollback.yml and a site.yml re-run on the warm local
 #      server (made and warmed by scripts/demo.sh, as `make demo` does)
+#   4. bad releases (5xx, slow) at 50 requests/s on the same server: how
+#      long until traffic is back on the good one
 # Figures go to stdout and bench/out/*.json; bench/RESULTS.md records them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +18,4 @@ python bench/switch_bench.py --rate "${BENCH_RATE:-200}" --seconds "${BENCH_SECO
 python bench/pg_backup_bench.py
 bash scripts/demo.sh > bench/out/demo.log 2>&1 || { tail -40 bench/out/demo.log; exit 1; }
 python bench/playbook_bench.py --rounds "${BENCH_ROUNDS:-3}" --json bench/out/playbooks.json
+python bench/verify_bench.py --rounds "${BENCH_ROUNDS:-3}" -e '{"app_smoke_checks": []}' --json bench/out/verify.json

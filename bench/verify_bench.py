@@ -81,7 +81,7 @@ class Client(threading.Thread):
             n += 1
 
 
-def deploy(root, version):
+def deploy(root, version, extra=()):
     env = dict(
         os.environ,
         ANSIBLE_CONFIG=os.path.join(root, "ansible.cfg"),
@@ -98,6 +98,7 @@ def deploy(root, version):
         "-e",
         f"version={version}",
     ]
+    cmd += [arg for e in extra for arg in ("-e", e)]
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
     return t0, time.monotonic(), proc.returncode, proc.stdout + proc.stderr
@@ -111,12 +112,12 @@ def live_version():
     return None
 
 
-def run(root, bad):
+def run(root, bad, extra=()):
     good = live_version()
     client = Client()
     client.start()
     time.sleep(1)
-    t0, t_end, rc, _out = deploy(root, bad)
+    t0, t_end, rc, _out = deploy(root, bad, extra)
     time.sleep(5)
     client.stop.set()
     time.sleep(1)
@@ -147,13 +148,20 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--root", default=os.path.dirname(HERE), help="the checkout whose playbooks run")
     ap.add_argument("--json", help="write every figure to this file")
+    ap.add_argument(
+        "-e",
+        dest="extra",
+        action="append",
+        default=[],
+        help="extra vars for deploy.yml, such as '{\"app_smoke_checks\": []}' (judge on traffic alone)",
+    )
     args = ap.parse_args()
     if live_version() not in ("v1", "v2"):
         raise SystemExit("the demo app must answer v1 or v2 on 127.0.0.1:8080 (make demo)")
     runs = {"v5": [], "v6": []}
     for i in range(args.rounds):
         for bad in runs:
-            fig = run(args.root, bad)
+            fig = run(args.root, bad, args.extra)
             runs[bad].append(fig)
             print(f"round {i + 1} {bad}: {json.dumps(fig)}", flush=True)
     summary = {}

@@ -111,7 +111,7 @@ class Verifier:
         if not self.baseline_server:
             self.baseline = None
             return None
-        records = ring_history(self.client, self.ring)
+        records = ring_history(self.client, self.ring, only=f"{self.backend}/{self.baseline_server}")
         self.baseline = baseline(records, self.backend, self.baseline_server, self.skip_paths)
         return self.baseline
 
