@@ -67,6 +67,8 @@ DEFAULTS = {
     "verify_min_requests": 20,
     "verify_latency_factor": 2.0,
     "verify_latency_floor_ms": 100,
+    # Requests not judged: long polls and streams, slow by design ("/events/*").
+    "verify_skip_paths": [],
     "rollout_steps": [],
     "rollout_hold": 30,
     # A cookie keeps each visitor on one colour while a canary runs.
@@ -228,7 +230,7 @@ def _verification(app, where, errors):
     from .verify import normalize_checks
 
     if app["kind"] == "worker":
-        for key in ("smoke_checks", "rollout_steps", "rollout_sticky"):
+        for key in ("smoke_checks", "rollout_steps", "rollout_sticky", "verify_skip_paths"):
             if app[key]:
                 errors.append(f"{where}: a worker serves no HTTP, so it takes no {key}")
         return
@@ -240,6 +242,9 @@ def _verification(app, where, errors):
         app["rollout_steps"] = rollout_steps(app["rollout_steps"])
     except ValueError as exc:
         errors.append(f"{where}: {exc}")
+    skip = app["verify_skip_paths"]
+    if not isinstance(skip, list) or not all(isinstance(x, str) and x.startswith("/") for x in skip):
+        errors.append(f"{where}: verify_skip_paths must be a list of paths starting with / (a trailing * is a prefix)")
     if not isinstance(app["rollout_sticky"], bool):
         errors.append(f"{where}: rollout_sticky must be true or false, not {app['rollout_sticky']!r}")
     rate = app["verify_max_error_rate"]
@@ -308,6 +313,7 @@ LEGACY = {
     "app_verify_min_requests": "verify_min_requests",
     "app_verify_latency_factor": "verify_latency_factor",
     "app_verify_latency_floor_ms": "verify_latency_floor_ms",
+    "app_verify_skip_paths": "verify_skip_paths",
     "app_rollout_steps": "rollout_steps",
     "app_rollout_hold": "rollout_hold",
     "app_rollout_sticky": "rollout_sticky",

@@ -171,10 +171,18 @@ def ring_history(client, ring=RING, only=None):
     return [rec for rec in (parse_line(line) for line in lines) if rec]
 
 
+def skipped(path, patterns):
+    """Whether PATH is one of PATTERNS: equal, or starting with a pattern
+    that ends in * ("/events/*": long polls, streams)."""
+    return any(path == p or (p.endswith("*") and path.startswith(p[:-1])) for p in patterns)
+
+
 def baseline(records, backend, server, skip_paths=(), last=1000):
     """The recent requests of BACKEND/SERVER among RECORDS, as a Tally."""
     tally = Tally()
-    mine = [r for r in records if r["backend"] == backend and r["server"] == server and r["path"] not in skip_paths]
+    mine = [
+        r for r in records if r["backend"] == backend and r["server"] == server and not skipped(r["path"], skip_paths)
+    ]
     for rec in mine[-last:]:
         tally.add(rec)
     return tally
@@ -190,7 +198,7 @@ class Watcher:
         self.address = address
         self.backend = backend
         self.ring = ring
-        self.skip_paths = set(skip_paths)
+        self.skip_paths = tuple(skip_paths)
         self.timeout = timeout
         self.tallies = {}
         self.lock = threading.Lock()
@@ -233,7 +241,7 @@ class Watcher:
 
     def _feed(self, line):
         rec = parse_line(line)
-        if not rec or rec["backend"] != self.backend or rec["path"] in self.skip_paths:
+        if not rec or rec["backend"] != self.backend or skipped(rec["path"], self.skip_paths):
             return
         with self.lock:
             self.tallies.setdefault(rec["server"], Tally()).add(rec)

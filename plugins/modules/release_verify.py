@@ -140,7 +140,10 @@ options:
     type: path
     default: /etc/haproxy/onebox-canary.map
   skip_paths:
-    description: Paths whose requests are not counted as traffic, such as the health path the probes and monitors ask.
+    description:
+      - Paths whose requests are not counted as traffic, such as the health path the probes and monitors ask, or
+        long polls and event streams whose answers are slow by design. A path ending in V(*) is a prefix
+        (V(/events/*)).
     type: list
     elements: str
     default: []

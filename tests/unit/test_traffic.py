@@ -143,3 +143,15 @@ def test_the_model_checks_verification_settings():
     assert "starting with '/'" in text
     assert "verify_max_error_rate is a share from 0 to 1" in text
     assert "a worker serves no HTTP, so it takes no smoke_checks" in text
+
+
+def test_skipped_paths_are_exact_or_prefixes():
+    from ansible_collections.onebox.platform.plugins.module_utils.traffic import skipped
+
+    assert skipped("/health", ["/health"])
+    assert not skipped("/healthz", ["/health"])
+    assert skipped("/events/42", ["/health", "/events/*"])
+    assert not skipped("/event", ["/events/*"])
+    web = {"name": "shop", "image": "shop", "domains": ["shop.test"], "health_path": "/health"}
+    with pytest.raises(ModelError, match="verify_skip_paths must be a list of paths"):
+        normalize([dict(web, verify_skip_paths=["events"])])
