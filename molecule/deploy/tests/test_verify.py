@@ -183,7 +183,10 @@ def test_a_release_answering_500_is_switched_back_on_its_traffic(base_url, recei
     good = live_version(base_url)
     since = time.time()
     with Load(base_url) as load:
-        rc, out, seconds = play("deploy.yml", "-e", "app_version=v5")
+        # Without smoke checks: the traffic gate decides. (With them, the
+        # check of / through HAProxy as the window opens may meet v5's 500
+        # first and switch back on that, a race under this load.)
+        rc, out, seconds = play("deploy.yml", "-e", "app_version=v5", "-e", '{"app_smoke_checks": []}')
         time.sleep(1)
     assert rc != 0
     assert "answered 5xx" in out and "Traffic is back on" in out, out[-3000:]
