@@ -72,6 +72,19 @@ def one_line(proc):
     return " ".join((proc.stdout + proc.stderr).split())
 
 
+def record_json(path, key, value):
+    """Put VALUE under KEY in the JSON results file PATH (tests/output/...),
+    keeping what other tests put there."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    data = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            data = json.load(fh)
+    data[key] = value
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+
+
 def get_json(base_url, host_header, path="/", timeout=5):
     """GET through HAProxy with a Host header: (status, JSON body)."""
     req = urllib.request.Request(base_url + path, headers={"Host": host_header})

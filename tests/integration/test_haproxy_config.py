@@ -80,6 +80,18 @@ def get(port, host):
         return json.loads(resp.read())["version"]
 
 
+def wait_answering(port, host, timeout=10):
+    """Until the HAProxy just started answers for HOST (or OSError after TIMEOUT s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get(port, host)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @pytest.fixture()
 def platform(tmp_path):
     api, web = Backend("api-v1"), Backend("web-v1")
@@ -118,15 +130,7 @@ def test_several_apps_route_by_host(platform):
     assert check.returncode == 0, check.stdout + check.stderr
     subprocess.run(["haproxy", "-f", str(run_cfg), "-D"], check=True)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                get(port, "api.test")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_answering(port, "api.test")
         assert get(port, "api.test") == "api-v1"
         assert get(port, "web.test") == "web-v1"
         assert get(port, "www.web.test:80") == "web-v1"
@@ -196,15 +200,7 @@ def test_a_sticky_canary_keeps_each_visitor_on_one_version_only_while_it_runs(tm
         return seen
 
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                get(port, "shop.test")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_answering(port, "shop.test")
         result = {}
 
         def canary():

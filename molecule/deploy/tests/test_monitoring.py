@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import pytest
 from conftest import TARGET
-from onebox_molecule import PROJECT
+from onebox_molecule import PROJECT, record_json
 from onebox_molecule import host as onebox_host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -109,14 +109,7 @@ def wait_for_delivery(target, alertname, since, started_after, timeout):
 
 
 def record(key, value):
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    data = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as fh:
-            data = json.load(fh)
-    data[key] = value
-    with open(RESULTS, "w") as fh:
-        json.dump(data, fh, indent=1)
+    record_json(RESULTS, key, value)
 
 
 def test_every_target_is_up(target):

@@ -24,7 +24,7 @@ import time
 
 import pytest
 from conftest import TARGET
-from onebox_molecule import PROJECT
+from onebox_molecule import PROJECT, record_json
 from test_deploy import Load, get, play, releases
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,14 +92,7 @@ def wait_inbox(target, since, words, timeout=20):
 
 
 def record(step, data):
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    saved = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as fh:
-            saved = json.load(fh)
-    saved[step] = data
-    with open(RESULTS, "w") as fh:
-        json.dump(saved, fh, indent=1, sort_keys=True)
+    record_json(RESULTS, step, data)
     print(f"{step}: {data}")
 
 
