@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The collection as users install it (make test, stage "install"):
+#   1. `ansible-galaxy collection build` from this checkout;
+#   2. for the oldest and the newest ansible-core of meta/runtime.yml, a
+#      fresh virtualenv with only that ansible-core, the tarball installed
+#      with `ansible-galaxy collection install --offline` beside the
+#      collections galaxy.yml declares as dependencies (Galaxy is not
+#      reachable here: their tarballs are made from the `ansible` package
+#      in .venv, the same content Galaxy serves);
+#   3. `ansible-playbook onebox.platform.site` against a throwaway local
+#      server of its own, then the deploy step of
+#      examples/ci/github/workflows/deploy.yml, its exact `run:` text,
+#      with the example's environment pointed at that server.
+# No ansible.cfg of this checkout is used; only the installed collection.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export ONEBOX_LOCAL_NAME=${ONEBOX_INSTALL_SERVER:-onebox-install}
+export ONEBOX_LOCAL_NETWORK=$ONEBOX_LOCAL_NAME
+export ONEBOX_LOCAL_HTTP_PORT=${ONEBOX_INSTALL_HTTP_PORT:-8180}
+export ONEBOX_LOCAL_HTTPS_PORT=${ONEBOX_INSTALL_HTTPS_PORT:-8543}
+WORK=$(mktemp -d)
+KEEP=${ONEBOX_INSTALL_KEEP:-}
+cleanup() {
+  [[ -n $KEEP ]] || bash scripts/local-server.sh down >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+t0=$SECONDS
+stamp() { echo "--- install: $* ($((SECONDS - t0))s)"; }
+
+read -r OLDEST NEWEST_EXCL < <(python3 - <<'PY'
+import re
+text = open("meta/runtime.yml").read()
+m = re.search(r'requires_ansible:\s*">=(\d+\.\d+)(?:\.\d+)?,<(\d+\.\d+)(?:\.\d+)?"', text)
+if not m:
+    raise SystemExit("meta/runtime.yml: requires_ansible must read \">=X.Y.Z,<X.Y.Z\"")
+print(m.group(1), m.group(2))
+PY
+)
+major=${NEWEST_EXCL%%.*} minor=${NEWEST_EXCL#*.}
+NEWEST="$major.$((minor - 1))"
+CORES=("$OLDEST" "$NEWEST")
+echo "--- install: ansible-core $OLDEST (oldest) and $NEWEST (newest) of meta/runtime.yml"
+
+# 1. The collection's tarball, and its dependencies' tarballs.
+.venv/bin/ansible-galaxy collection build "$ROOT" --output-path "$WORK/dist" >/dev/null
+ls "$WORK"/dist/onebox-platform-*.tar.gz >/dev/null
+SITE=$(.venv/bin/python -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')
+# galaxy.yml's dependencies and theirs (community.docker needs
+# community.library_inventory_filtering_v1, say), as Galaxy would resolve them.
+mapfile -t DEPS < <(.venv/bin/python - "$SITE" <<'PY2'
+import json, os, sys, yaml
+site = sys.argv[1]
+todo = list(yaml.safe_load(open("galaxy.yml")).get("dependencies") or {})
+seen = []
+while todo:
+    name = todo.pop(0)
+    if name in seen:
+        continue
+    seen.append(name)
+    manifest = os.path.join(site, "ansible_collections", *name.split("."), "MANIFEST.json")
+    todo += list(json.load(open(manifest))["collection_info"].get("dependencies") or {})
+print("\n".join(seen))
+PY2
+)
+# The ansible package leaves out some files its collections' FILES.json
+# lists (CI scripts); the staged copy's FILES.json and MANIFEST.json name
+# only what is there, with their real checksums, as a Galaxy tarball would.
+for dep in "${DEPS[@]}"; do
+  src="$SITE/ansible_collections/${dep%%.*}/${dep#*.}"
+  [[ -f $src/MANIFEST.json ]] || { echo "dependency $dep: not in the ansible package of .venv" >&2; exit 1; }
+  stage="$WORK/stage/$dep"
+  mkdir -p "$stage" && cp -a "$src/." "$stage/" && find "$stage" -name __pycache__ -prune -exec rm -rf {} +
+  ver=$(.venv/bin/python - "$stage" <<'PY2'
+import hashlib, json, os, sys
+stage = sys.argv[1]
+files = json.load(open(os.path.join(stage, "FILES.json")))
+files["files"] = [f for f in files["files"] if os.path.lexists(os.path.join(stage, f["name"]))]
+data = json.dumps(files, indent=4).encode()
+open(os.path.join(stage, "FILES.json"), "wb").write(data)
+manifest = json.load(open(os.path.join(stage, "MANIFEST.json")))
+manifest["file_manifest_file"]["chksum_sha256"] = hashlib.sha256(data).hexdigest()
+json.dump(manifest, open(os.path.join(stage, "MANIFEST.json"), "w"), indent=4)
+print(manifest["collection_info"]["version"])
+PY2
+)
+  mapfile -t members < <(ls -A "$stage")
+  tar -C "$stage" -czf "$WORK/dist/${dep/./-}-$ver.tar.gz" -- "${members[@]}"
+done
+stamp "built: $(cd "$WORK/dist" && echo *)"
+
+# 2 and 3, for each ansible-core.
+bash scripts/engine.sh
+bash scripts/images.sh base
+bash scripts/demo-images.sh >/dev/null
+bash scripts/local-server.sh up
+for core in "${CORES[@]}"; do
+  venv=$ROOT/.cache/install/core-$core
+  if [[ ! -x $venv/bin/ansible-playbook ]]; then
+    python3.11 -m venv "$venv"
+    "$venv/bin/pip" install -q "ansible-core>=$core,<$core.999" docker requests 2>&1 | grep -v "^WARNING: Location" || true
+  fi
+  "$venv/bin/ansible" --version | head -1
+  coll=$WORK/collections-$core
+  (cd "$WORK" && env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH="$coll" "$venv/bin/ansible-galaxy" collection install \
+    --offline -p "$coll" "$WORK"/dist/*.tar.gz >/dev/null)
+  ls "$coll/ansible_collections/onebox/platform/MANIFEST.json" >/dev/null
+  stamp "ansible-core $core: collection installed"
+  # Only the installed collection: no ansible.cfg, no link to the checkout.
+  run() {
+    # Pipelining, as the README advises for any inventory (half the time per task).
+    (cd "$WORK" && env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH="$coll" ANSIBLE_PIPELINING=1 PATH="$venv/bin:$PATH" "$@")
+  }
+  run ansible-playbook onebox.platform.site -i "$ROOT/inventories/local"
+  stamp "ansible-core $core: site.yml"
+  # The example workflow's deploy step, word for word.
+  script=$(.venv/bin/python - <<'PY'
+import yaml
+wf = yaml.safe_load(open("examples/ci/github/workflows/deploy.yml"))
+print(next(s["run"] for s in wf["jobs"]["deploy"]["steps"] if s.get("id") == "deploy"))
+PY
+)
+  printf 'not-secret-local-vault-password' >"$WORK/vault-pass"
+  version=v2
+  [[ $core == "$OLDEST" ]] && version=v1
+  run env ONEBOX_INVENTORY="$ROOT/inventories/local" ONEBOX_LIMIT=local ONEBOX_APP=demo ONEBOX_VERSION=$version \
+    ONEBOX_VAULT_PASSWORD_FILE="$WORK/vault-pass" RUNNER_TEMP="$WORK" bash --noprofile --norc -eo pipefail -c "$script"
+  answer=$(curl -s -H 'Host: demo.localhost' "http://127.0.0.1:$ONEBOX_LOCAL_HTTP_PORT/health")
+  echo "demo answers: $answer"
+  [[ $answer == *"\"$version\""* ]] || { echo "demo does not answer $version after the deploy" >&2; exit 1; }
+  grep -q 'failed=0' "$WORK/deploy.log"
+  stamp "ansible-core $core: the workflow's deploy step deployed demo $version"
+done
+stamp "done"
