@@ -5,7 +5,8 @@
 #   lint      yamllint, ansible-lint (production profile), ruff
 #   sanity    ansible-test sanity on the collection
 #   pytest    module tests against real HAProxy and PostgreSQL
-#   molecule  every Molecule scenario (real systemd containers)
+#   molecule  every Molecule scenario (real systemd containers), and beside
+#             them the install test (scripts/install-test.sh; stage install alone)
 # Usage: scripts/test.sh [stage ...]   (default: all of them, in order)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ export ANSIBLE_COLLECTIONS_PATH="$ROOT/.ansible/collections"
 export PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1
 SANITY_PYTHON=${SANITY_PYTHON:-3.11}
 
-HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager zstd lz4)
+HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager zstd lz4 shellcheck prometheus-blackbox-exporter)
 
 stage_setup() {
   local missing=()
@@ -27,7 +28,7 @@ stage_setup() {
     echo "installing host packages: ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || return 1
     # Only promtool and amtool are wanted here, not the services.
-    systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
+    systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter prometheus-blackbox-exporter >/dev/null 2>&1 || true
   fi
   make -s venv || return 1
   bash scripts/engine.sh || return 1
@@ -40,6 +41,9 @@ stage_lint() {
   ansible-lint --profile production || rc=1
   ruff check . || rc=1
   ruff format --check . || rc=1
+  # Every workflow, ours and the examples users copy (shellcheck on each run:).
+  actionlint -no-color .github/workflows/*.yml examples/ci/github/workflows/*.yml || rc=1
+  check-jsonschema --builtin-schema vendor.gitlab-ci examples/ci/gitlab/.gitlab-ci.yml || rc=1
   return $rc
 }
 
@@ -70,19 +74,31 @@ stage_pytest() {
   python -m pytest tests -p no:cacheprovider -ra
 }
 
-# One scenario, its output to LOG; prints its time.
+# The built collection installed as users install it, with the oldest and
+# the newest ansible-core of meta/runtime.yml, against its own local server
+# (scripts/install-test.sh). Runs inside the molecule stage, beside the
+# scenarios without load tests; `scripts/test.sh install` runs it alone.
+stage_install() {
+  bash scripts/install-test.sh
+}
+
+# One scenario (or "install"), its output to LOG; prints its time.
 molecule_one() {
   local s=$1 t0=$SECONDS rc=0
-  molecule test -s "$s" || { rc=1; molecule destroy -s "$s" >/dev/null 2>&1; }
+  if [[ $s == install ]]; then
+    stage_install || rc=1
+  else
+    molecule test -s "$s" || { rc=1; molecule destroy -s "$s" >/dev/null 2>&1; }
+  fi
   echo "--- scenario $s: $((SECONDS - t0))s ($( ((rc)) && echo FAILED || echo passed))"
   return $rc
 }
 
-# The scenarios without load tests (backup, bootstrap) run side by side
-# (about 2.5 minutes saved on 2 cores); the ones that count every request
+# The scenarios without load tests (backup, bootstrap) and the install test
+# run side by side (minutes saved on 2 cores); the ones that count every request
 # under load (deploy, platform) run alone, one after the other, so no other
 # scenario's work skews their latency gates.
-PARALLEL_SCENARIOS=(backup bootstrap)
+PARALLEL_SCENARIOS=(backup bootstrap install)
 
 stage_molecule() {
   local rc=0 s logdir
@@ -90,7 +106,7 @@ stage_molecule() {
   logdir=$(mktemp -d)
   local t0=$SECONDS
   for s in "${PARALLEL_SCENARIOS[@]}"; do
-    [[ -f molecule/$s/molecule.yml ]] || continue
+    [[ -f molecule/$s/molecule.yml || $s == install ]] || continue
     echo "--- molecule test -s $s (in parallel, output below when it ends)"
     molecule_one "$s" >"$logdir/$s.log" 2>&1 &
     pids+=($!)

@@ -82,10 +82,20 @@ def app_paths(name):
     return model.paths(name)
 
 
+def tls_probe_targets(value, https_port=443):
+    return model.tls_probe_targets(value, https_port)
+
+
 def release_keep(versions, keep, running=None):
     return keep_versions(versions or [], keep, running or [])
 
 
 class FilterModule:
     def filters(self):
-        return {"apps": apps, "app_select": app_select, "app_paths": app_paths, "release_keep": release_keep}
+        return {
+            "apps": apps,
+            "app_select": app_select,
+            "app_paths": app_paths,
+            "release_keep": release_keep,
+            "tls_probe_targets": tls_probe_targets,
+        }

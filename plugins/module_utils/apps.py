@@ -375,3 +375,20 @@ def select(apps, wanted):
             f"-e app={','.join(unknown)} names no app of this inventory; its apps are: {', '.join(names) or 'none'}"
         )
     return [a for a in apps if a["name"] in wanted]
+
+
+def tls_probe_targets(app_list, https_port=443):
+    """The URLs blackbox_exporter probes to read each served certificate:
+    every domain of every web app, on its health path (left out of the
+    deploy's traffic figures), once each."""
+    out = []
+    for app in app_list or []:
+        if app.get("kind", "web") != "web":
+            continue
+        path = app.get("health_path") or "/"
+        for domain in app.get("domains") or ([app["domain"]] if app.get("domain") else []):
+            port = "" if int(https_port) == 443 else f":{int(https_port)}"
+            url = f"https://{domain}{port}{path}"
+            if url not in out:
+                out.append(url)
+    return out

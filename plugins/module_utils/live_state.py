@@ -58,3 +58,77 @@ def metrics(apps):
         up = any(c["running"] and c.get("health") != "unhealthy" for c in colours.values())
         lines.append(f'onebox_app_up{{app="{name}",kind="{kind}"}} {1 if up else 0}')
     return "\n".join(lines) + "\n"
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def container_metrics(inspected):
+    """Prometheus text of every container on the server, from `docker
+    container inspect` of each: whether it runs, is unhealthy (its health
+    check fails) or is restarting, and how often its restart policy has
+    restarted it (alerts ContainerUnhealthy, ContainerRestarting)."""
+    metrics_help = {
+        "running": ("gauge", "1 while the container runs."),
+        "unhealthy": ("gauge", "1 while the container runs and its health check fails."),
+        "restarting": ("gauge", "1 while Docker is restarting the container after a crash."),
+        "restarts_total": ("counter", "Restarts by the container's restart policy."),
+    }
+    samples = {metric: [] for metric in metrics_help}
+    for c in sorted(inspected or [], key=lambda c: c.get("Name", "")):
+        name = _label(c.get("Name", "").lstrip("/"))
+        state = c.get("State") or {}
+        running = bool(state.get("Running"))
+        health = (state.get("Health") or {}).get("Status")
+        values = {
+            "running": int(running),
+            "unhealthy": int(running and health == "unhealthy"),
+            "restarting": int(bool(state.get("Restarting"))),
+            "restarts_total": int(c.get("RestartCount") or 0),
+        }
+        for metric, value in values.items():
+            samples[metric].append(f'onebox_container_{metric}{{name="{name}"}} {value}')
+    lines = []
+    for metric, (kind, text) in metrics_help.items():
+        lines += [f"# HELP onebox_container_{metric} {text}", f"# TYPE onebox_container_{metric} {kind}"]
+        lines += samples[metric]
+    return "\n".join(lines) + "\n"
+
+
+def fail2ban_jails(status_text):
+    """The jail names of `fail2ban-client status`."""
+    for line in status_text.splitlines():
+        if "Jail list:" in line:
+            return [j.strip() for j in line.split("Jail list:", 1)[1].split(",") if j.strip()]
+    return []
+
+
+def fail2ban_metrics(jail_status):
+    """Prometheus text from `fail2ban-client status JAIL` of each jail
+    (``jail_status``: jail -> text): addresses banned now and in all
+    (alert Fail2banBanRateHigh on the rate of the total)."""
+    lines = [
+        "# HELP onebox_fail2ban_banned Addresses fail2ban bans now.",
+        "# TYPE onebox_fail2ban_banned gauge",
+    ]
+    totals = []
+    for jail in sorted(jail_status):
+        now = total = None
+        for line in jail_status[jail].splitlines():
+            key, _sep, value = line.partition(":")
+            key = key.strip("|`- \t")
+            if key == "Currently banned":
+                now = int(value.strip() or 0)
+            elif key == "Total banned":
+                total = int(value.strip() or 0)
+        if now is None or total is None:
+            continue
+        lines.append(f'onebox_fail2ban_banned{{jail="{_label(jail)}"}} {now}')
+        totals.append(f'onebox_fail2ban_banned_total{{jail="{_label(jail)}"}} {total}')
+    lines += [
+        "# HELP onebox_fail2ban_banned_total Bans since fail2ban started.",
+        "# TYPE onebox_fail2ban_banned_total counter",
+        *totals,
+    ]
+    return "\n".join(lines) + "\n"

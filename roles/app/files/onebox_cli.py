@@ -336,21 +336,64 @@ def cmd_maintenance(cfg, args):
         app.unlock(holder)
 
 
+def write_textfile(directory, name, text):
+    path = os.path.join(directory, name)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def all_containers():
+    """`docker container inspect` of every container on the server."""
+    rc, out, err = docker_cli(["ps", "-aq"])
+    ids = out.split()
+    if rc != 0:
+        raise Refused(f"docker ps failed: {err.strip()[:200]}")
+    if not ids:
+        return []
+    _rc, out, err = docker_cli(["container", "inspect", *ids])
+    try:
+        return json.loads(out or "[]")
+    except ValueError:
+        raise Refused(f"docker container inspect failed: {err.strip()[:200]}") from None
+
+
+def fail2ban_status():
+    """{jail: `fail2ban-client status JAIL`}; {} without fail2ban."""
+
+    def client(*args):
+        try:
+            proc = subprocess.run(["fail2ban-client", *args], capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return proc.stdout if proc.returncode == 0 else None
+
+    overview = client("status")
+    if overview is None:
+        return {}
+    out = {}
+    for jail in live_state.fail2ban_jails(overview):
+        text = client("status", jail)
+        if text is not None:
+            out[jail] = text
+    return out
+
+
 def cmd_metrics(cfg, args):
-    """onebox_app_up of every app into node_exporter's textfile directory (a
-    timer runs it); nothing when that directory does not exist (no monitoring)."""
+    """For node_exporter's textfile directory (a timer runs it every 30 s):
+    onebox_app_up of every app, the state of every container, fail2ban's
+    bans. Nothing when that directory does not exist (no monitoring)."""
     if not os.path.isdir(args.textfile_dir):
         return 0
     rows = []
     for name in known_apps():
         app = App(name, cfg)
         rows.append((name, app.kind, docker_colours(name)))
-    path = os.path.join(args.textfile_dir, "onebox_apps.prom")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(live_state.metrics(rows))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_textfile(args.textfile_dir, "onebox_apps.prom", live_state.metrics(rows))
+    write_textfile(args.textfile_dir, "onebox_containers.prom", live_state.container_metrics(all_containers()))
+    write_textfile(args.textfile_dir, "onebox_fail2ban.prom", live_state.fail2ban_metrics(fail2ban_status()))
     return 0
 
 
@@ -368,7 +411,7 @@ def main(argv=None):
     p = sub.add_parser("maintenance", help="show the maintenance page, or bring the release back")
     p.add_argument("app")
     p.add_argument("mode", choices=["on", "off"])
-    p = sub.add_parser("metrics", help="write onebox_app_up for node_exporter's textfile collector")
+    p = sub.add_parser("metrics", help="app, container and fail2ban metrics for node_exporter's textfile collector")
     p.add_argument("--textfile-dir", default="/var/lib/prometheus/node-exporter")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

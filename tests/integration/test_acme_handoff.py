@@ -1,0 +1,163 @@
+"""A new certificate handed to a real HAProxy over the Runtime API
+(module_utils/acme.py, the code of onebox-acme's deploy hook).
+
+HAProxy loads a folder of PEM files, as the haproxy role's `crt
+/etc/haproxy/certs/` does; a TLS client holds a keep-alive connection
+across the swap. The CA here is openssl; the whole path with certbot and
+Pebble runs in the Molecule deploy scenario (test_acme.py)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+from ansible_collections.onebox.platform.plugins.module_utils import acme
+from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient
+from conftest import Backend, free_port
+
+CFG = """
+global
+    stats socket {dir}/admin.sock level admin
+    pidfile {dir}/haproxy.pid
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend https
+    bind 127.0.0.1:{port} ssl crt {dir}/certs/
+    default_backend app
+backend app
+    server s1 127.0.0.1:{backend}
+"""
+
+
+def make_ca(tmp, name):
+    key, crt = tmp / f"{name}.key", tmp / f"{name}.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", f"/CN={name}"]
+        + ["-keyout", str(key), "-out", str(crt)],
+        check=True,
+        capture_output=True,
+    )
+    return key, crt
+
+
+def issue(tmp, ca, domain, days, tag):
+    """A leaf for DOMAIN signed by CA: (fullchain text, key text)."""
+    ca_key, ca_crt = ca
+    key, csr, crt = tmp / f"{tag}.key", tmp / f"{tag}.csr", tmp / f"{tag}.crt"
+    ext = tmp / f"{tag}.ext"
+    ext.write_text(f"subjectAltName=DNS:{domain}\n")
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={domain}"]
+        + ["-keyout", str(key), "-out", str(csr)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial"]
+        + ["-days", str(days), "-extfile", str(ext), "-out", str(crt)],
+        check=True,
+        capture_output=True,
+    )
+    return crt.read_text() + ca_crt.read_text(), key.read_text()
+
+
+def served(port, domain, ca_file):
+    ctx = ssl.create_default_context(cafile=ca_file)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname=domain) as tls:
+        return tls.getpeercert()
+
+
+@pytest.fixture
+def tls_proxy(tmp_path):
+    backend = Backend("v1")
+    (tmp_path / "certs").mkdir()
+    ca = make_ca(tmp_path, "test-ca")
+    chain, key = issue(tmp_path, ca, "shop.test", 30, "old")
+    (tmp_path / "certs" / "shop.test.pem").write_text(acme.haproxy_pem(chain, key))
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(CFG.format(dir=tmp_path, port=port, backend=backend.port))
+    subprocess.run(["haproxy", "-f", str(cfg), "-D"], check=True, capture_output=True)
+    sock = str(tmp_path / "admin.sock")
+    for _ in range(100):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.05)
+    yield {"dir": tmp_path, "port": port, "ca": ca, "socket": sock}
+    with open(tmp_path / "haproxy.pid") as fh:
+        os.kill(int(fh.read().split()[0]), 15)
+    backend.stop()
+
+
+def test_new_certificate_served_without_dropping_a_connection(tls_proxy):
+    tmp, port, ca = tls_proxy["dir"], tls_proxy["port"], tls_proxy["ca"]
+    ca_file = str(ca[1])
+    before = served(port, "shop.test", ca_file)
+    ctx = ssl.create_default_context(cafile=ca_file)
+    held = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    held.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="shop.test")
+    held.request("GET", "/health", headers={"Host": "shop.test"})
+    assert held.getresponse().read()
+
+    chain, key = issue(tmp, ca, "shop.test", 90, "new")
+    pem = acme.haproxy_pem(chain, key)
+    path = str(tmp / "certs" / "shop.test.pem")
+    acme.write_atomic(path, pem, 0o640)
+    done, why = acme.runtime_update(RuntimeClient(tls_proxy["socket"]), path, pem)
+    assert done, why
+
+    after = served(port, "shop.test", ca_file)
+    assert after["serialNumber"] != before["serialNumber"]
+    assert after["notAfter"] != before["notAfter"]
+    # The connection opened before the swap still answers on the old session.
+    for _ in range(3):
+        held.request("GET", "/health", headers={"Host": "shop.test"})
+        resp = held.getresponse()
+        assert resp.status == 200 and resp.read()
+    held.close()
+    # Only the file is left in the certificate folder (no temp file beside it).
+    assert os.listdir(tmp / "certs") == ["shop.test.pem"]
+    assert abs(acme.not_after(path) - (time.time() + 90 * 86400)) < 2 * 86400
+
+
+def test_a_file_haproxy_never_loaded_is_refused_not_half_applied(tls_proxy):
+    tmp, ca = tls_proxy["dir"], tls_proxy["ca"]
+    chain, key = issue(tmp, ca, "blog.test", 90, "blog")
+    pem = acme.haproxy_pem(chain, key)
+    path = str(tmp / "certs" / "blog.test.pem")
+    done, why = acme.runtime_update(RuntimeClient(tls_proxy["socket"]), path, pem)
+    assert not done
+    assert "blog.test.pem" in why or "unknown" in why.lower() or "not" in why.lower()
+    # Nothing pending: the old certificate of shop.test is untouched.
+    out = RuntimeClient(tls_proxy["socket"]).command("show ssl cert")
+    assert "*" not in out.split("\n", 1)[-1]
+
+
+def test_bad_input_is_refused_before_haproxy_sees_it(tmp_path):
+    with pytest.raises(acme.AcmeError, match="no certificate"):
+        acme.haproxy_pem("garbage", "-----BEGIN PRIVATE KEY-----\nAA\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(acme.AcmeError, match="one private key"):
+        acme.haproxy_pem("-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n", "")
+    with pytest.raises(acme.AcmeError, match="lineage"):
+        acme.domain_of_lineage("")
+    assert acme.domain_of_lineage("/etc/letsencrypt/live/shop.test/") == "shop.test"
+    with pytest.raises(acme.AcmeError, match="openssl cannot read"):
+        (tmp_path / "x.pem").write_text("nope")
+        acme.not_after(str(tmp_path / "x.pem"))
+
+
+def test_metrics_text():
+    text = acme.metrics(False, 1700000000, {"b.test": 1800000000, "a.test": 1750000000})
+    assert "onebox_acme_renew_success 0" in text
+    assert text.index('domain="a.test"') < text.index('domain="b.test"')
+    assert "onebox_acme_renew_last_run_timestamp_seconds 1700000000" in text
