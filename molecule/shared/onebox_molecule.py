@@ -37,13 +37,19 @@ def container_ip(name):
 
 
 def ansible_env(**extra):
-    return dict(
+    env = dict(
         os.environ,
         ANSIBLE_COLLECTIONS_PATH=f"{PROJECT}/.ansible/collections",
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_FORCE_COLOR="0",
-        **extra,
     )
+    # A scenario whose inventory reads Vault-encrypted files has its test-only
+    # vault password beside its molecule.yml.
+    scenario = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "")
+    if scenario and os.path.exists(os.path.join(scenario, "vault-password")):
+        env["ANSIBLE_VAULT_PASSWORD_FILE"] = os.path.join(scenario, "vault-password")
+    env.update(extra)
+    return env
 
 
 def playbook_argv(playbook, *args):

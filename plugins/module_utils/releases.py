@@ -78,4 +78,16 @@ def choose(action, wanted, history, current, standby):
         version=version,
         standby_ready=bool(action == "rollback" and standby.get("running") and standby.get("version") == version),
         leaving=leaving[-1] if leaving else {},
+        pinned=pinned_digest(history, version) if action == "rollback" else "",
     )
+
+
+def pinned_digest(history, version):
+    """The registry digest (repo@sha256:...) VERSION was deployed from, newest
+    record first: a rollback pulls exactly that image, even when the tag has
+    since been moved or deleted. "" when no release of it recorded one (an
+    image loaded from an archive, or history from before digests)."""
+    for record in reversed(history):
+        if record.get("version") == version and record.get("repo_digest"):
+            return record["repo_digest"]
+    return ""

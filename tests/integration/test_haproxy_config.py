@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -46,8 +47,8 @@ def render(tmp_path, apps, **overrides):
         haproxy_socket=str(tmp_path / "admin.sock"),
         haproxy_state_file=str(tmp_path / "server-state"),
         haproxy_metrics_bind=f"127.0.0.1:{free_port()}",
-        **overrides,
     )
+    extra.update(overrides)
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, ANSIBLE_NOCOLOR="1")
     proc = subprocess.run(
         ["ansible-playbook", "-i", "localhost,", "-c", "local", str(play), "-e", json.dumps(extra)],
@@ -242,3 +243,71 @@ def test_a_sticky_canary_keeps_each_visitor_on_one_version_only_while_it_runs(tm
             os.kill(int(fh.read().split()[0]), 15)
         blue.stop()
         green.stop()
+
+
+def test_acme_challenges_reach_certbot_and_escape_the_https_redirect(platform):
+    """haproxy_acme: /.well-known/acme-challenge/ of every domain goes to
+    certbot's port (Let's Encrypt validates over plain HTTP, before any
+    certificate exists), while everything else is still redirected to HTTPS."""
+    tmp_path, apps = platform
+    certbot = Backend("certbot")
+    http_port, https_port = free_port(), free_port()
+    try:
+        proc, out = render(
+            tmp_path,
+            apps,
+            haproxy_http_port=http_port,
+            haproxy_https=True,
+            haproxy_https_port=https_port,
+            haproxy_redirect_https=True,
+            haproxy_acme=True,
+            haproxy_acme_port=certbot.port,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        certs = tmp_path / "certs"
+        certs.mkdir()
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=api.test"]
+            + ["-keyout", str(tmp_path / "k"), "-out", str(tmp_path / "c")],
+            check=True,
+            capture_output=True,
+        )
+        (certs / "api.test.pem").write_text((tmp_path / "c").read_text() + (tmp_path / "k").read_text())
+        run_cfg = runnable(tmp_path, out)
+        run_cfg.write_text(run_cfg.read_text().replace("/etc/haproxy/certs/", f"{certs}/"))
+        check = subprocess.run(["haproxy", "-c", "-f", str(run_cfg)], capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        subprocess.run(["haproxy", "-f", str(run_cfg), "-D"], check=True)
+        try:
+
+            class NoRedirect(urllib.request.HTTPRedirectHandler):
+                def redirect_request(self, *args, **kwargs):
+                    return None
+
+            opener = urllib.request.build_opener(NoRedirect)
+
+            def fetch(path, host):
+                req = urllib.request.Request(f"http://127.0.0.1:{http_port}{path}", headers={"Host": host})
+                try:
+                    with opener.open(req, timeout=5) as resp:
+                        return resp.status, json.loads(resp.read())["version"]
+                except urllib.error.HTTPError as err:
+                    return err.code, err.headers.get("Location")
+
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    answer = fetch("/.well-known/acme-challenge/token123", "web.test")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            assert answer == (200, "certbot")
+            assert fetch("/.well-known/acme-challenge/t", "www.web.test") == (200, "certbot")
+            assert fetch("/", "web.test") == (301, "https://web.test/")
+            assert fetch("/.well-known/other", "api.test") == (301, "https://api.test/.well-known/other")
+        finally:
+            with open(tmp_path / "haproxy.pid") as fh:
+                os.kill(int(fh.read().split()[0]), 15)
+    finally:
+        certbot.stop()

@@ -14,6 +14,7 @@ SECRETS = {
     "postgres_password": "molecule-only-password",
     "DATABASE_URL": "postgres://postgres:molecule-only-password@postgres:5432/demo",
     "webhook token": "whk-molecule-secret-7f3a",
+    "registry password": "reg-molecule-secret-5e1d",
 }
 
 
