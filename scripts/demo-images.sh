@@ -144,4 +144,4 @@ WORKER
   rm -rf "$root"
   docker save -o "$tar" "local/demo:$v"
 done
-echo "demo images: $(ls .cache/images | tr '\n' ' ')"
+echo "demo images: $(cd .cache/images && printf '%s ' *)"

@@ -9,7 +9,7 @@
 #             them the install test (scripts/install-test.sh; stage install alone)
 # Usage: scripts/test.sh [stage ...]   (default: all of them, in order)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 export PATH="$ROOT/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$ROOT/ansible.cfg"

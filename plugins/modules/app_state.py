@@ -154,7 +154,7 @@ rollback_target:
 release:
   description:
     - With O(action), the release chosen - C(version), C(standby_ready) (the idle colour already runs it, so a
-      rollback is one switch), C(leaving) (the history entry of the release being left) and C(pinned) (a rollback:
+      rollback is one switch), C(leaving) (the history entry of the release being left) and C(pinned) (for a rollback,
       the registry digest the target version was deployed from, to pull instead of its tag; empty when none).
   returned: always (empty without O(action))
   type: dict

@@ -89,7 +89,7 @@ def tls_proxy(tmp_path):
     cfg.write_text(CFG.format(dir=tmp_path, port=port, backend=backend.port))
     subprocess.run(["haproxy", "-f", str(cfg), "-D"], check=True, capture_output=True)
     sock = str(tmp_path / "admin.sock")
-    for _ in range(100):
+    for _i in range(100):
         if os.path.exists(sock):
             break
         time.sleep(0.05)
@@ -120,7 +120,7 @@ def test_new_certificate_served_without_dropping_a_connection(tls_proxy):
     assert after["serialNumber"] != before["serialNumber"]
     assert after["notAfter"] != before["notAfter"]
     # The connection opened before the swap still answers on the old session.
-    for _ in range(3):
+    for _i in range(3):
         held.request("GET", "/health", headers={"Host": "shop.test"})
         resp = held.getresponse()
         assert resp.status == 200 and resp.read()

@@ -50,7 +50,7 @@ def test_choose_a_rollback_target_and_the_fast_path():
     history = [deploy("v1"), dict(deploy("v2"), backup="/b/predeploy-v2.dump")]
     running_v1 = {"running": True, "version": "v1"}
     out = choose("rollback", "", history, "v2", running_v1)
-    assert out == {"version": "v1", "standby_ready": True, "leaving": history[1]}
+    assert out == {"version": "v1", "standby_ready": True, "leaving": history[1], "pinned": ""}
     assert choose("rollback", "", history, "v2", {"running": False, "version": "v1"})["standby_ready"] is False
     assert choose("deploy", "v1", history, "v2", running_v1)["standby_ready"] is False
 
@@ -62,3 +62,22 @@ def test_choose_refuses_clearly():
         choose("rollback", "", [deploy("v1")], "v1", {})
     with pytest.raises(ReleaseError, match="a deploy needs a version"):
         choose("deploy", "", [], "", {})
+
+
+def test_a_rollback_pulls_the_digest_its_version_was_deployed_from():
+    repo = "registry.example.com/you/shop"
+    history = [
+        {"action": "deploy", "version": "v1", "repo_digest": f"{repo}@sha256:aaa"},
+        {"action": "deploy", "version": "v2", "repo_digest": f"{repo}@sha256:bbb"},
+        # v1 pushed again under the same tag and deployed: the newest record wins.
+        {"action": "deploy", "version": "v1", "repo_digest": f"{repo}@sha256:ccc"},
+        {"action": "deploy", "version": "v3"},
+    ]
+    standby = {"running": False, "version": ""}
+    assert choose("rollback", "v1", history, "v3", standby)["pinned"] == f"{repo}@sha256:ccc"
+    assert choose("rollback", "v2", history, "v3", standby)["pinned"] == f"{repo}@sha256:bbb"
+    # Loaded from an archive (no registry digest recorded): the tag is used.
+    history.append({"action": "deploy", "version": "v4"})
+    assert choose("rollback", "v3", history, "v4", standby)["pinned"] == ""
+    # A deploy names its tag; nothing is pinned.
+    assert choose("deploy", "v2", history, "v4", standby)["pinned"] == ""

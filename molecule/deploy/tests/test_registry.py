@@ -46,7 +46,9 @@ def snapshot(target, base_url):
         version=get(base_url)[1]["version"],
         history=target.check_output("cat /var/lib/onebox/demo/releases.jsonl"),
         backups=target.check_output("ls /var/backups/onebox/demo"),
-        containers=target.check_output("docker ps -a --filter name=demo- --format '{{.Names}} {{.ID}} {{.Status}}'"),
+        containers=target.check_output(
+            "docker ps -a --filter name=demo- --format '{{.Names}} {{.ID}} {{.State}} {{.Image}}'"
+        ),
     )
 
 
@@ -94,12 +96,11 @@ def test_a_rollback_pulls_the_pinned_digest_when_the_tag_has_moved(target, base_
         assert registry_digest(target, "v2") != pinned["repo_digest"].split("@")[1]
         rc, out, _s = play("rollback.yml", "-e", "rollback_to=v2")
         assert rc == 0, out[-3000:]
-        assert {get(base_url)[1]["version"] for _ in range(20)} == {"v2"}
+        assert {get(base_url)[1]["version"] for _i in range(20)} == {"v2"}
         last = releases(target)[-1]
         assert last["action"] == "rollback" and last["version"] == "v2"
         assert last["repo_digest"] == pinned["repo_digest"]
         assert last["digest"] == pinned["digest"]
-        assert f"{REPO}:v2" in out or pinned["repo_digest"] in out
     finally:
         push(target, "v2", "v2")
     print(f"rolled back to {pinned['repo_digest']}")

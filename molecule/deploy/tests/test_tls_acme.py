@@ -177,7 +177,7 @@ def test_renewal_swaps_the_certificate_without_dropping_a_connection(target, peb
     after = served(pebble_root)
     assert after["serialNumber"] != before["serialNumber"]
     # The connection opened before the renewal still works.
-    for _ in range(3):
+    for _i in range(3):
         _conn, status, _body = https_get(pebble_root, held)
         assert status == 200
     held.close()
@@ -232,7 +232,9 @@ def test_an_unhealthy_and_a_restarting_container_alert(target):
     target.check_output(
         f"docker run -d --name onebox-test-sick --health-cmd false --health-interval 1s --health-retries 1 {image}"
     )
-    target.check_output(f"docker run -d --name onebox-test-crashy --restart always --entrypoint /bin/false {image}")
+    target.check_output(
+        f"docker run -d --name onebox-test-crashy --restart always --entrypoint /bin/sh {image} -c 'exit 1'"
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
