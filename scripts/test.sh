@@ -37,6 +37,13 @@ stage_setup() {
 
 stage_lint() {
   local rc=0
+  # With both stages asked for, sanity runs beside lint (each mostly one
+  # core busy; about 25 s saved); stage_sanity then waits for it.
+  if [[ " ${STAGES[*]} " == *" sanity "* ]]; then
+    SANITY_LOG=$(mktemp)
+    (run_sanity >"$SANITY_LOG" 2>&1) &
+    SANITY_PID=$!
+  fi
   yamllint -s . || rc=1
   ansible-lint --profile production || rc=1
   ruff check . || rc=1
@@ -48,6 +55,18 @@ stage_lint() {
 }
 
 stage_sanity() {
+  if [[ -n ${SANITY_PID:-} ]]; then
+    local rc=0
+    wait "$SANITY_PID" || rc=1
+    cat "$SANITY_LOG"
+    rm -f "$SANITY_LOG"
+    SANITY_PID=
+    return $rc
+  fi
+  run_sanity
+}
+
+run_sanity() {
   local pipv tmp coll
   pipv=$(python - <<'PY'
 from ansible_test._internal.python_requirements import get_venv_packages

@@ -48,6 +48,9 @@ def ansible_env(**extra):
     scenario = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", "")
     if scenario and os.path.exists(os.path.join(scenario, "vault-password")):
         env["ANSIBLE_VAULT_PASSWORD_FILE"] = os.path.join(scenario, "vault-password")
+    # The scenario's -vvv log of its own site.yml runs is not the tests' log.
+    env.pop("ANSIBLE_LOG_PATH", None)
+    env.pop("ANSIBLE_LOG_VERBOSITY", None)
     env.update(extra)
     return env
 

@@ -133,6 +133,34 @@ def test_the_domain_serves_a_certificate_from_the_acme_ca(target, pebble_root):
     assert status == 200 and b"version" in body
 
 
+def test_a_domain_that_does_not_resolve_keeps_its_self_signed_certificate(target):
+    """A domain whose DNS does not point here yet: the CA cannot validate
+    it, onebox-acme says so, and the self-signed certificate the haproxy
+    role made stays in place (the next site.yml run tries again)."""
+    pem = "/etc/haproxy/certs/nowhere.test.pem"
+    target.check_output("cp /etc/onebox/acme.json /var/tmp/acme.json.saved")
+    try:
+        cfg = json.loads(target.check_output("cat /etc/onebox/acme.json"))
+        cfg["domains"].append("nowhere.test")
+        target.check_output("printf '%%s' %s > /etc/onebox/acme.json", json.dumps(cfg))
+        target.check_output(
+            "t=$(mktemp -d) && openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj /CN=nowhere.test "
+            f"-keyout $t/k -out $t/c 2>/dev/null && cat $t/c $t/k > {pem} && rm -rf $t"
+        )
+        before = target.check_output(f"sha256sum {pem}")
+        t0 = time.monotonic()
+        result = json.loads(target.check_output("onebox-acme issue"))
+        seconds = round(time.monotonic() - t0, 1)
+        assert result[HOST]["status"] == "present"
+        assert result["nowhere.test"]["status"] == "failed" and result["nowhere.test"]["detail"], result
+        assert target.check_output(f"sha256sum {pem}") == before
+        assert not target.file("/etc/letsencrypt/live/nowhere.test").exists
+        print(f"nowhere.test refused in {seconds} s: {result['nowhere.test']['detail'][:200]}")
+    finally:
+        target.check_output("mv /var/tmp/acme.json.saved /etc/onebox/acme.json")
+        target.run(f"rm -f {pem}")
+
+
 def test_the_challenge_path_goes_to_certbot_not_the_app(target, base_url):
     import urllib.error
     import urllib.request

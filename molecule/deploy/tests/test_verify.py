@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -182,7 +183,13 @@ def test_a_release_answering_500_is_switched_back_on_its_traffic(base_url, recei
         rc, out, seconds = play("deploy.yml", "-e", "app_version=v5", "-e", '{"app_smoke_checks": []}')
         time.sleep(1)
     assert rc != 0
-    assert "answered 5xx" in out and "Traffic is back on" in out, out[-3000:]
+    # The traffic gate names the 5xx. Under this load HAProxy's own check of
+    # answers (observe layer7) may take v5 out first: its fallback, the
+    # previous release, then answers the window's probe, and the verdict
+    # names that probe, with the 5xx in the figures.
+    by_traffic = "answered 5xx" in out
+    by_fallback = "expected 'v5'" in out and re.search(r"Its traffic: \d+ requests, [1-9]\d* 5xx", out)
+    assert (by_traffic or by_fallback) and "Traffic is back on" in out, out[-3000:]
     assert live_version(base_url) == good
     exp = exposure(load, "v5", good)
     # Only the release's own 500s failed; nothing after the switch back.
@@ -193,7 +200,7 @@ def test_a_release_answering_500_is_switched_back_on_its_traffic(base_url, recei
     assert any("5xx" in t and "Verification window:" in t for t in got["hook"]), got
     audit = receiver.check_output("tail -n 5 /var/lib/onebox/demo/audit.log")
     assert "switch-back" in audit and "errors_5xx=" in audit
-    record("5xx release", dict(exp, playbook_seconds=seconds, requests=load.total))
+    record("5xx release", dict(exp, playbook_seconds=seconds, requests=load.total, by_traffic_gate=by_traffic))
 
 
 def test_a_slow_release_is_switched_back_on_its_p95(base_url):

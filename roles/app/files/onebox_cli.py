@@ -254,6 +254,10 @@ def record_rollback(app, st, target, switch_ms, seconds, how):
             "action": "rollback",
             "version": target,
             "image": st["colours"][idle]["image"],
+            # What the playbooks record too: the image ID, and the registry
+            # digest this version was deployed from (a later rollback pulls it).
+            "digest": st["colours"][idle]["image_id"],
+            "repo_digest": releases.pinned_digest(release_log.read_releases(app.paths["releases"]), target),
             "colour": idle,
             "previous_colour": st["live"],
             "previous_version": st["current_version"],
