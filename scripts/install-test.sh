@@ -120,7 +120,7 @@ for core in "${CORES[@]}"; do
     python3.11 -m venv "$venv"
     "$venv/bin/pip" install -q "ansible-core>=$core,<$core.999" docker requests 2>&1 | grep -v "^WARNING: Location" || true
   fi
-  "$venv/bin/ansible" --version | head -1
+  "$venv/bin/ansible" --version | sed -n 1p
   coll=$WORK/collections-$core
   (cd "$WORK" && env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH="$coll" "$venv/bin/ansible-galaxy" collection install \
     --offline -p "$coll" "$WORK"/dist/*.tar.gz >/dev/null)
