@@ -116,20 +116,13 @@ def write_metrics(cfg):
             state = json.load(fh)
     except (OSError, ValueError):
         state = {"ok": True, "time": 0}
-    path = os.path.join(directory, "onebox_acme.prom")
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(acme.metrics(state["ok"], state["time"], served_expiries(cfg)))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    text = acme.metrics(state["ok"], state["time"], served_expiries(cfg))
+    acme.write_atomic(os.path.join(directory, "onebox_acme.prom"), text, 0o644)
 
 
 def record(ok, detail=""):
     os.makedirs(os.path.dirname(STATE), exist_ok=True)
-    tmp = f"{STATE}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"ok": ok, "time": int(time.time()), "detail": detail}, fh)
-    os.replace(tmp, STATE)
+    acme.write_atomic(STATE, json.dumps({"ok": ok, "time": int(time.time()), "detail": detail}), 0o644)
 
 
 def cmd_issue(cfg, _args):
