@@ -3,6 +3,7 @@
 # needed: the base comes from Debian's archive through debootstrap.
 #   local/debian:bookworm  systemd + python3, the Molecule platform image
 #   local/postgres:15      PostgreSQL server, for the docker-exec backup path
+#   local/redis:7          Redis server shaped like the official image
 #   local/demo:vN          a tiny busybox web app answering its version
 set -euo pipefail
 
@@ -36,20 +37,26 @@ build_base() {
 # `docker exec` runs as root, as users get it; root runs the entrypoint,
 # which initialises the cluster and steps down to postgres with gosu;
 # SIGINT stops it (fast shutdown). PG_REV: bump when the image changes.
-PG_REV=2
+PG_REV=3
 build_postgres() {
   [ "$(docker image inspect -f '{{index .Config.Labels "onebox_postgres_rev"}}' local/postgres:15 2>/dev/null)" = "$PG_REV" ] &&
     return 0
   rm -f .cache/images/postgres-15.tar
   local ctx; ctx=$(mktemp -d)
+  # The postgres user is 999:999, as in the official image; one layer (the
+  # servers' nested Docker uses vfs, which copies every layer in full).
   cat >"$ctx/Dockerfile" <<DOCKERFILE
-FROM $BASE
-RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 gosu \
- && rm -rf /var/lib/apt/lists/*
-ENV PATH=/usr/lib/postgresql/15/bin:\$PATH PGDATA=/var/lib/postgresql/data
+FROM $BASE AS build
 COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
-RUN install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
+# (the systemd of the base image holds gid 999; the app image needs none of it)
+RUN groupmod -g 989 systemd-journal && groupadd -r postgres --gid=999 && useradd -r -g postgres --uid=999 --home-dir=/var/lib/postgresql --shell=/bin/bash postgres \
+ && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 gosu \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \
+ && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
  && install -d -o postgres -g postgres -m 2777 /var/run/postgresql
+FROM scratch
+COPY --from=build / /
+ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin PGDATA=/var/lib/postgresql/data
 LABEL onebox_postgres_rev=$PG_REV
 STOPSIGNAL SIGINT
 HEALTHCHECK --interval=2s --timeout=3s --retries=15 CMD pg_isready -q -h 127.0.0.1 -U postgres || exit 1
@@ -94,10 +101,55 @@ save_postgres() {
   [ -s .cache/images/postgres-15.tar ] || docker save -o .cache/images/postgres-15.tar local/postgres:15
 }
 
+# Shaped like the official redis image: no USER, WORKDIR /data, root runs
+# the entrypoint, which hands /data to redis and steps down with gosu.
+REDIS_REV=2
+build_redis() {
+  [ "$(docker image inspect -f '{{index .Config.Labels "onebox_redis_rev"}}' local/redis:7 2>/dev/null)" = "$REDIS_REV" ] &&
+    return 0
+  rm -f .cache/images/redis-7.tar
+  local ctx; ctx=$(mktemp -d)
+  # redis is 999:999 as in the official image; one layer, as above.
+  cat >"$ctx/Dockerfile" <<DOCKERFILE
+FROM $BASE AS build
+COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+RUN groupmod -g 989 systemd-journal && groupadd -r -g 999 redis && useradd -r -g redis -u 999 redis \
+ && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server gosu \
+ && apt-get clean && rm -rf /var/lib/apt/lists/* && install -d -o redis -g redis /data
+FROM scratch
+COPY --from=build / /
+LABEL onebox_redis_rev=$REDIS_REV
+WORKDIR /data
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+CMD ["redis-server"]
+DOCKERFILE
+  cat >"$ctx/docker-entrypoint.sh" <<'ENTRY'
+#!/bin/sh
+# Like the official entrypoint: options alone run redis-server; as root,
+# hand the data directory to redis and run again as redis.
+set -e
+case "$1" in -*) set -- redis-server "$@" ;; esac
+if [ "$1" = redis-server ] && [ "$(id -u)" = 0 ]; then
+  find . \! -user redis -exec chown redis '{}' +
+  exec gosu redis "$0" "$@"
+fi
+exec "$@"
+ENTRY
+  chmod +x "$ctx/docker-entrypoint.sh"
+  docker build -q -t local/redis:7 "$ctx" >/dev/null
+  rm -rf "$ctx"
+}
+
+save_redis() {
+  mkdir -p .cache/images
+  [ -s .cache/images/redis-7.tar ] || docker save -o .cache/images/redis-7.tar local/redis:7
+}
+
 cd "$(dirname "$0")/.."
 case "${1:-all}" in
   base) build_base ;;
   postgres) build_base; build_postgres; save_postgres ;;
-  all) build_base; build_postgres; save_postgres ;;
-  *) echo "usage: $0 [base|postgres|all]" >&2; exit 2 ;;
+  redis) build_base; build_redis; save_redis ;;
+  all) build_base; build_postgres; save_postgres; build_redis; save_redis ;;
+  *) echo "usage: $0 [base|postgres|redis|all]" >&2; exit 2 ;;
 esac
