@@ -73,6 +73,10 @@ DEFAULTS = {
     "rollout_hold": 30,
     # A cookie keeps each visitor on one colour while a canary runs.
     "rollout_sticky": False,
+    # Named Docker volumes the app keeps its files in (uploads): {NAME: path
+    # in the container}. Both colours mount them; backups copy them
+    # (volume_name gives the Docker name).
+    "volumes": {},
 }
 # "domain" (one) is read as "domains" (a list), as the haproxy role took it.
 # "derived" is recomputed: a checked model can be checked again (a role given
@@ -87,6 +91,11 @@ class ModelError(ValueError):
 def backend_name(name):
     """The HAProxy backend of app NAME."""
     return f"app_{name}"
+
+
+def volume_name(app_name, volume):
+    """The Docker volume of VOLUME (a key of an app's ``volumes``) of APP_NAME."""
+    return f"onebox_{app_name}_{volume}"
 
 
 def derived_ports(name):
@@ -121,6 +130,8 @@ def derive(app):
     # holding the previous version (a rollback starts it again).
     out["containers"] = {c: f"{name}-{c}" for c in COLOURS}
     out["ports"] = {"blue": app["blue_port"], "green": app["green_port"]} if app["kind"] == "web" else {}
+    # Docker volume name -> path in the container.
+    out["volumes"] = {volume_name(name, v): path for v, path in sorted((app.get("volumes") or {}).items())}
     return out
 
 
@@ -194,6 +205,20 @@ def _one(raw, index, errors, need_image=True):
     for key in ("env", "secret_env"):
         if not isinstance(app[key], dict):
             errors.append(f"{where}: {key} must be a mapping of NAME: value")
+    volumes = app["volumes"]
+    if not isinstance(volumes, dict):
+        errors.append(
+            f"{where}: volumes must be a mapping of NAME: /path/in/container, such as {{uploads: /app/uploads}}"
+        )
+        app["volumes"] = {}
+    else:
+        for vol, path in volumes.items():
+            if not isinstance(vol, str) or not NAME.match(vol):
+                errors.append(f"{where}: volume name {vol!r} must be letters, digits, _ and -")
+            if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
+                errors.append(
+                    f"{where}: volume {vol!r} needs an absolute path in the container other than /, not {path!r}"
+                )
     floats = (
         "verify_interval",
         "verify_max_error_rate",
@@ -317,6 +342,7 @@ LEGACY = {
     "app_rollout_steps": "rollout_steps",
     "app_rollout_hold": "rollout_hold",
     "app_rollout_sticky": "rollout_sticky",
+    "app_volumes": "volumes",
 }
 # What the app role's defaults gave a single-app inventory.
 LEGACY_DEFAULTS = {
