@@ -125,3 +125,20 @@ def test_a_model_with_the_old_single_app_variables_is_refused():
     with pytest.raises(model.ModelError, match=r"old single-app variable\(s\) app_name, app_image, which would apply"):
         model.refuse_mixed({"app_name": "shop", "app_image": "x/shop", "app_version": "v1", "postgres_user": "p"})
     model.refuse_mixed({"app_version": "v1", "app_image_archive": "/tmp/x.tar", "app_name": ""})
+
+
+def test_volumes_are_named_once_and_checked():
+    app = {"name": "shop", "image": "r/shop", "domains": ["shop.test"], "health_path": "/h"}
+    got = model.normalize([dict(app, volumes={"uploads": "/app/uploads", "cache": "/var/cache/shop"})])[0]
+    assert got["derived"]["volumes"] == {"onebox_shop_cache": "/var/cache/shop", "onebox_shop_uploads": "/app/uploads"}
+    assert model.volume_name("shop", "uploads") == "onebox_shop_uploads"
+    assert model.normalize([app])[0]["derived"]["volumes"] == {}
+    with pytest.raises(model.ModelError) as err:
+        model.normalize([dict(app, volumes={"up loads": "relative/path", "root": "/"})])
+    text = str(err.value)
+    assert "volume name 'up loads'" in text and "absolute path" in text and "'root'" in text
+    with pytest.raises(model.ModelError, match="volumes must be a mapping"):
+        model.normalize([dict(app, volumes=["/app/uploads"])])
+    # The single-app variables: app_volumes.
+    legacy = model.from_legacy({"app_image": "r/shop", "app_volumes": {"uploads": "/www/uploads"}})
+    assert model.normalize(legacy)[0]["derived"]["volumes"] == {"onebox_app_uploads": "/www/uploads"}
