@@ -1,0 +1,195 @@
+"""roles/offsite/files/onebox_dr.py with a real restic (Debian's 0.14) and a
+local repository: snapshots, retention, check, the metrics the alerts read,
+and the refusals (a wrong password, another server's repository, a damaged
+copy). The Molecule backup scenario runs the same program over SFTP, with
+volumes, Redis and pgBackRest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT
+
+PROGRAM = os.path.join(ROOT, "roles", "offsite", "files", "onebox_dr.py")
+LIB = os.path.join(ROOT, "plugins", "module_utils")
+
+pytestmark = pytest.mark.skipif(not shutil.which("restic"), reason="restic comes with scripts/test.sh setup")
+
+
+def run(cfg_path, *args):
+    proc = subprocess.run(
+        [sys.executable, PROGRAM, "--config", str(cfg_path), *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ONEBOX_LIB=LIB),
+        check=False,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A server's files, its id, password and settings; the repository is a
+    local directory (restic's local backend)."""
+    data = tmp_path / "data"
+    (data / "etc").mkdir(parents=True)
+    (data / "etc" / "app.json").write_text('{"a": 1}')
+    (data / "state").mkdir()
+    (data / "state" / "releases.jsonl").write_text('{"version": "v1"}\n')
+    (tmp_path / "password").write_text("correct horse battery staple")
+    (tmp_path / "server-id").write_text("11111111-2222-3333-4444-555555555555\n")
+    cfg = {
+        "repository": str(tmp_path / "repo"),
+        "password_file": str(tmp_path / "password"),
+        "cache_dir": str(tmp_path / "cache"),
+        "paths": [str(data / "etc"), str(data / "state"), str(data / "missing")],
+        "volumes": [],
+        "redis": [],
+        "keep_last": 2,
+        "server_id_file": str(tmp_path / "server-id"),
+        "stage_dir": str(tmp_path / "stage"),
+        "state_dir": str(tmp_path / "state"),
+        "metrics_dir": str(tmp_path / "metrics"),
+        "max_ages": {"backup": 10800, "check": 1209600},
+    }
+    path = tmp_path / "offsite.json"
+    path.write_text(json.dumps(cfg))
+    return {"tmp": tmp_path, "cfg": cfg, "path": path, "data": data}
+
+
+def rewrite(server, **change):
+    cfg = dict(server["cfg"], **change)
+    path = server["tmp"] / "changed.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def metric(server, name):
+    text = (server["tmp"] / "metrics" / "onebox_offsite.prom").read_text()
+    found = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else None
+
+
+def test_snapshot_retention_check_and_fetch(server):
+    for n in range(3):
+        (server["data"] / "etc" / f"n{n}").write_text(str(n))
+        rc, out = run(server["path"], "backup")
+        assert rc == 0, out
+        assert json.loads(out)["snapshot"]
+    assert metric(server, "onebox_offsite_backup_success") == 1
+    assert metric(server, "onebox_offsite_backup_last_success_timestamp_seconds") > 0
+    assert metric(server, "onebox_offsite_backup_max_age_seconds") == 10800
+    snaps = subprocess.run(
+        ["restic", "-r", server["cfg"]["repository"], "snapshots", "--json"],
+        env=dict(os.environ, RESTIC_PASSWORD_FILE=server["cfg"]["password_file"]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    snaps = json.loads(snaps.stdout)
+    # keep_last=2: the third run pruned the first; each carries the server id.
+    assert len(snaps) == 2
+    assert all("server-id:11111111-2222-3333-4444-555555555555" in s["tags"] for s in snaps)
+    rc, out = run(server["path"], "check")
+    assert rc == 0, out
+    assert metric(server, "onebox_offsite_check_success") == 1
+    dest = server["tmp"] / "fetched"
+    rc, out = run(server["path"], "fetch", str(dest))
+    assert rc == 0, out
+    manifest = json.loads(out)
+    assert manifest["server_id"] == "11111111-2222-3333-4444-555555555555"
+    restored = dest / "files" / str(server["data"] / "etc" / "n2").lstrip("/")
+    assert restored.read_text() == "2"
+
+
+def test_a_wrong_password_is_a_clear_error_and_a_metric(server):
+    assert run(server["path"], "backup")[0] == 0
+    (server["tmp"] / "wrong").write_text("not it")
+    rc, out = run(rewrite(server, password_file=str(server["tmp"] / "wrong")), "backup")
+    assert rc == 1
+    assert "wrong password" in out
+    # The same state file: the timer's metric drops to 0 (OffsiteBackupFailing).
+    assert metric(server, "onebox_offsite_backup_success") == 0
+
+
+def test_an_unreachable_repository_is_never_initialised(server):
+    rc, out = run(rewrite(server, repository="sftp:nobody@127.0.0.1:/nowhere", ssh_port=1), "backup")
+    assert rc == 1
+    assert "cannot reach" in out
+
+
+def test_another_servers_repository_is_refused(server):
+    assert run(server["path"], "backup")[0] == 0
+    (server["tmp"] / "other-id").write_text("99999999-2222-3333-4444-555555555555\n")
+    rc, out = run(rewrite(server, server_id_file=str(server["tmp"] / "other-id")), "backup")
+    assert rc == 1
+    assert "holds another server's backups" in out and "Nothing was written" in out
+
+
+def test_a_damaged_copy_fails_before_anything_is_restored(server):
+    (server["data"] / "etc" / "big").write_bytes(os.urandom(300_000))
+    assert run(server["path"], "backup")[0] == 0
+    packs = sorted((server["tmp"] / "repo" / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
+    pack = packs[-1]
+    digest = hashlib.sha256(pack.read_bytes()).hexdigest()
+    with open(pack, "r+b") as fh:
+        fh.seek(1000)
+        fh.write(b"tampered")
+    assert hashlib.sha256(pack.read_bytes()).hexdigest() != digest
+    dest = server["tmp"] / "fetched"
+    rc, out = run(server["path"], "fetch", str(dest))
+    assert rc == 1, out
+    assert not dest.exists() or not any(dest.iterdir())
+    rc, out = run(server["path"], "check")
+    assert rc == 1, out
+    assert metric(server, "onebox_offsite_check_success") == 0
+
+
+@pytest.fixture
+def s3_server():
+    """moto_server: the S3 API (buckets, multipart uploads, listings) on
+    127.0.0.1, as an S3-compatible storage speaks it."""
+    program = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    if not os.path.exists(program):
+        pytest.skip("moto_server comes with requirements-dev.txt")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [program, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_an_s3_repository(server, s3_server):
+    """restic's S3 backend with the keys from the settings' env file: the
+    bucket is made by the first snapshot, then check and fetch."""
+    keys = server["tmp"] / "s3.env"
+    keys.write_text("AWS_ACCESS_KEY_ID=onebox\nAWS_SECRET_ACCESS_KEY=not-a-real-secret\n")
+    path = rewrite(server, repository=f"s3:{s3_server}/onebox-backups/box", s3_env_file=str(keys))
+    rc, out = run(path, "backup")
+    assert rc == 0, out
+    rc, out = run(path, "check")
+    assert rc == 0, out
+    rc, out = run(path, "fetch", str(server["tmp"] / "fetched"))
+    assert rc == 0, out
+    assert json.loads(out)["server_id"].startswith("11111111")
