@@ -369,7 +369,10 @@ class Cluster:
         return parse_info(proc.stdout, self.stanza)
 
     def verify(self):
-        """pgbackrest verify: every file of the repository against its checksum."""
+        """pgbackrest verify: every backup file and WAL segment of the
+        repository against its checksum. pgBackRest 2.45 ends it with exit 0
+        even when files are bad; its report ("status: error", "invalid
+        result ...") is what tells."""
         proc = self.sh(
             [
                 "docker",
@@ -385,15 +388,18 @@ class Cluster:
                 f"{self.repo}:{self.repo_path}",
                 self.image,
                 f"--stanza={self.stanza}",
-                "--log-level-console=warn",
+                "--log-level-console=info",
+                "--job-retry=0",
                 "verify",
             ],
             check=False,
         )
-        if proc.returncode != 0:
+        report = proc.stdout + proc.stderr
+        bad = [line.split("INFO:", 1)[-1].strip() for line in report.splitlines() if "invalid result" in line]
+        if proc.returncode != 0 or bad or "status: error" in report:
             raise PitrError(
                 "pgbackrest verify found damaged or missing files in the WAL/base backup repository: "
-                f"{(proc.stderr or proc.stdout).strip()[-600:]}. Nothing was restored."
+                f"{'; '.join(bad[:3]) or report.strip()[-600:]}. Nothing was restored."
             )
 
     def wait_promoted(self, wait, since=None):
