@@ -188,3 +188,64 @@ def containerdb(pg_container):
     fill(pg_container.psql, name, 2000)
     yield name
     pg_container.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+class ArchivingCluster:
+    """A cluster whose archive_command pushes WAL to a pgBackRest repository
+    (Debian's pgbackrest, encrypted): the postgres role's setup, on the host.
+    REPO_SIZE_MB mounts the repository on a tmpfs of that size (root)."""
+
+    def __init__(self, stanza="t", archive_timeout=1, repo_size_mb=0, extra=""):
+        self.bin = pg_bin()
+        self.stanza = stanza
+        self.top = tempfile.mkdtemp(prefix="onebox-pitr-")
+        os.chmod(self.top, 0o755)
+        self.repo, self.data, self.conf = f"{self.top}/repo", f"{self.top}/data", f"{self.top}/pgbackrest.conf"
+        self.port = free_port()
+        os.mkdir(self.repo)
+        self.mounted = bool(repo_size_mb)
+        if self.mounted:
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={repo_size_mb}m", "tmpfs", self.repo], check=True)
+        for path in (self.top, self.repo):
+            shutil.chown(path, "postgres", "postgres")
+        with open(self.conf, "w") as fh:
+            fh.write(
+                f"[global]\nrepo1-path={self.repo}\nrepo1-cipher-type=aes-256-cbc\n"
+                "repo1-cipher-pass=test-only-passphrase-123\ncompress-type=zst\nstart-fast=y\n"
+                f"log-level-file=off\nlog-level-console=warn\nlock-path={self.top}/lock\n\n"
+                f"[{stanza}]\npg1-path={self.data}\npg1-socket-path={self.top}\npg1-port={self.port}\n"
+            )
+        shutil.chown(self.conf, "postgres", "postgres")
+        self.as_pg(f"{self.bin}/initdb", "-U", "postgres", "--auth-local=trust", "-D", self.data)
+        command = f"pgbackrest --config={self.conf} --stanza={stanza} archive-push %p"
+        options = (
+            f"-p {self.port} -k {self.top} -c listen_addresses='' -c wal_level=replica -c archive_mode=on "
+            f'-c "archive_command={command}" -c archive_timeout={archive_timeout} {extra}'
+        )
+        self.as_pg(f"{self.bin}/pg_ctl", "-D", self.data, "-l", f"{self.top}/log", "-w", "-o", options, "start")
+        created = self.backrest("stanza-create")
+        if created.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"pgbackrest stanza-create: {created.stderr}")
+
+    @staticmethod
+    def as_pg(*argv, check=True):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], capture_output=True, text=True, check=check)
+
+    def psql(self, sql, db="postgres"):
+        return self.as_pg(
+            f"{self.bin}/psql", "-h", self.top, "-p", str(self.port), "-X", "-A", "-t", "-F", "|", "-d", db, "-c", sql
+        ).stdout.strip()
+
+    def backrest(self, *args):
+        return self.as_pg("pgbackrest", f"--config={self.conf}", f"--stanza={self.stanza}", *args, check=False)
+
+    def log(self):
+        with open(f"{self.top}/log", encoding="utf-8") as fh:
+            return fh.read()
+
+    def stop(self):
+        self.as_pg(f"{self.bin}/pg_ctl", "-D", self.data, "-m", "immediate", "stop", check=False)
+        if self.mounted:
+            subprocess.run(["umount", self.repo], check=False)
+        shutil.rmtree(self.top, ignore_errors=True)
