@@ -17,7 +17,7 @@ export ANSIBLE_COLLECTIONS_PATH="$ROOT/.ansible/collections"
 export PY_COLORS=0 ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 NO_COLOR=1
 SANITY_PYTHON=${SANITY_PYTHON:-3.11}
 
-HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager zstd lz4 shellcheck prometheus-blackbox-exporter)
+HOST_PACKAGES=(docker.io debootstrap haproxy postgresql busybox-static openssh-client rsync prometheus prometheus-alertmanager zstd lz4 shellcheck prometheus-blackbox-exporter restic pgbackrest)
 
 stage_setup() {
   local missing=()
@@ -90,6 +90,12 @@ PY
 }
 
 stage_pytest() {
+  # With the molecule stage asked for too, its first group starts now and
+  # runs beside pytest (several minutes saved on 2 cores; neither has load
+  # tests with latency gates); stage_molecule goes on from there.
+  if [[ " ${STAGES[*]} " == *" molecule "* ]]; then
+    start_early_group
+  fi
   python -m pytest tests -p no:cacheprovider -ra
 }
 
@@ -113,38 +119,69 @@ molecule_one() {
   return $rc
 }
 
-# The scenarios without load tests (backup, bootstrap) and the install test
-# run side by side (minutes saved on 2 cores); the ones that count every request
-# under load (deploy, platform) run alone, one after the other, so no other
-# scenario's work skews their latency gates.
-PARALLEL_SCENARIOS=(backup bootstrap install)
+# Scheduling on 2 cores (make test must stay under 45 minutes):
+#   1. backup (the longest: it kills a server and recovers it onto another),
+#      bootstrap and the install test side by side, no load tests among them,
+#      started with the pytest stage when both are asked for;
+#   2. platform as soon as bootstrap and the install test are done, beside
+#      backup's tail (its load checks count failed requests; its latency
+#      gates have a 100 ms floor);
+#   3. deploy alone at the end: its latency and 5xx windows are the strictest,
+#      so no other scenario's work may skew them.
+EARLY_SCENARIOS=(backup bootstrap install)
+LATE_PARALLEL=platform
+ALONE_LAST=deploy
+
+# Start scenario S in the background, output to the log directory.
+launch() {
+  local s=$1
+  [[ -f molecule/$s/molecule.yml || $s == install ]] || return 0
+  echo "--- molecule test -s $s (in parallel, output below when it ends)"
+  molecule_one "$s" >"$LOGDIR/$s.log" 2>&1 &
+  PIDS[$s]=$!
+}
+
+# Wait for scenario S and show its output.
+collect() {
+  local s=$1 rc=0
+  [[ -n ${PIDS[$s]:-} ]] || return 0
+  wait "${PIDS[$s]}" || rc=1
+  echo "=== output of scenario $s"
+  cat "$LOGDIR/$s.log"
+  unset "PIDS[$s]"
+  return $rc
+}
+
+start_early_group() {
+  declare -gA PIDS=()
+  LOGDIR=$(mktemp -d)
+  EARLY_T0=$SECONDS
+  local s
+  for s in "${EARLY_SCENARIOS[@]}"; do launch "$s"; done
+}
 
 stage_molecule() {
-  local rc=0 s logdir
-  local -a pids=() names=()
-  logdir=$(mktemp -d)
-  local t0=$SECONDS
-  for s in "${PARALLEL_SCENARIOS[@]}"; do
-    [[ -f molecule/$s/molecule.yml || $s == install ]] || continue
-    echo "--- molecule test -s $s (in parallel, output below when it ends)"
-    molecule_one "$s" >"$logdir/$s.log" 2>&1 &
-    pids+=($!)
-    names+=("$s")
+  local rc=0 s
+  [[ -n ${LOGDIR:-} ]] || start_early_group
+  local t0=$EARLY_T0
+  for s in "${EARLY_SCENARIOS[@]}"; do
+    [[ $s == backup ]] && continue
+    collect "$s" || rc=1
   done
-  local i
-  for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || rc=1
-    echo "=== output of scenario ${names[$i]}"
-    cat "$logdir/${names[$i]}.log"
-  done
-  echo "--- parallel scenarios (${names[*]}): $((SECONDS - t0))s"
-  rm -rf "$logdir"
+  launch "$LATE_PARALLEL"
+  collect backup || rc=1
+  collect "$LATE_PARALLEL" || rc=1
+  echo "--- parallel scenarios (${EARLY_SCENARIOS[*]} $LATE_PARALLEL): $((SECONDS - t0))s"
+  rm -rf "$LOGDIR"
+  # Any other scenario, then the one that runs alone.
   for s in molecule/*/molecule.yml; do
     s=$(basename "$(dirname "$s")")
-    [[ " ${PARALLEL_SCENARIOS[*]} " == *" $s "* ]] && continue
+    [[ " ${EARLY_SCENARIOS[*]} $LATE_PARALLEL $ALONE_LAST " == *" $s "* ]] && continue
     echo "--- molecule test -s $s"
     molecule_one "$s" || rc=1
   done
+  echo "--- molecule test -s $ALONE_LAST"
+  molecule_one "$ALONE_LAST" || rc=1
   return $rc
 }
 
