@@ -157,6 +157,7 @@ def metrics_text(state, max_ages=None):
         ("backup", "restic snapshot of the server's files"),
         ("check", "restic check of the off-site repository"),
         ("wal", "mirror of the pgBackRest repository"),
+        ("drill", "point-in-time restore drill of the pgBackRest repository"),
     ):
         entry = state.get(kind)
         if not entry:

@@ -8,6 +8,7 @@ timers and by playbooks/recover.yml.
     onebox-dr wal-sync            mirror the pgBackRest repository off-site
     onebox-dr pitr-backup         pgBackRest base backup (full weekly, else diff)
     onebox-dr pitr-info           pgBackRest info (JSON)
+    onebox-dr drill [--query SQL] restore to now into a scratch container, check, remove
     onebox-dr fetch DEST          verify the off-site copies, restore them into DEST
     onebox-dr restore-db [--time T | --before-release APP:VERSION] [--repo DIR]
     onebox-dr restore-redis DEST  Redis data from a fetched copy
@@ -241,6 +242,7 @@ def main(argv=None):
     sub.add_parser("wal-sync")
     sub.add_parser("pitr-backup")
     sub.add_parser("pitr-info")
+    sub.add_parser("drill").add_argument("--query", default="")
     sub.add_parser("metrics")
     for name in ("fetch", "restore-redis", "restore-volumes", "restore-files"):
         sub.add_parser(name).add_argument("dest")
@@ -250,7 +252,7 @@ def main(argv=None):
     p.add_argument("--repo", default="", help="a fetched copy of the pgBackRest repository to restore from")
     args = parser.parse_args(argv)
     cfg = load(args.config)
-    kind = {"backup": "backup", "check": "check", "wal-sync": "wal"}.get(args.command)
+    kind = {"backup": "backup", "check": "check", "wal-sync": "wal", "drill": "drill"}.get(args.command)
     try:
         box = offsite.Offsite(cfg)
         if args.command == "backup":
@@ -265,6 +267,8 @@ def main(argv=None):
         elif args.command == "pitr-backup":
             out = {"type": cluster(cfg).backup(full_every_days=int(cfg.get("pitr_full_every_days") or 7))}
             pitr_metrics(cfg)
+        elif args.command == "drill":
+            out = cluster(cfg).drill(args.query or cfg.get("drill_query") or "")
         elif args.command == "pitr-info":
             out = cluster(cfg).info()
         elif args.command == "metrics":
@@ -330,7 +334,9 @@ def main(argv=None):
         print(f"onebox-dr {args.command}: {exc}", file=sys.stderr)
         return 1
     if kind:
-        record(cfg, kind, True, **{k: v for k, v in out.items() if k in ("bytes_added", "seconds", "snapshot")})
+        record(
+            cfg, kind, True, **{k: v for k, v in out.items() if k in ("bytes_added", "seconds", "snapshot", "target")}
+        )
     print(json.dumps(out, sort_keys=True, default=str))
     return 0
 
