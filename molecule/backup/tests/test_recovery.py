@@ -204,6 +204,9 @@ def test_recover_yml_rebuilds_the_server(disaster):
     # Its summary: the database to the latest point, the volume, Redis, the release.
     for said in ("Database: latest", "Volumes: onebox_shop_uploads", "Redis: shop-redis", "Releases: shop v2"):
         assert said in output, said
+    # The passwords (from Vault) never reach the output.
+    for secret in ("molecule-only-restic-password", "molecule-only-pgbackrest-passphrase"):
+        assert secret not in output
 
 
 def test_the_app_answers_its_last_release(disaster):
