@@ -123,7 +123,7 @@ molecule_one() {
 #   1. backup (the longest: it kills a server and recovers it onto another),
 #      bootstrap and the install test side by side, no load tests among them,
 #      started with the pytest stage when both are asked for;
-#   2. platform as soon as bootstrap and the install test are done, beside
+#   2. platform as soon as bootstrap or the install test is done, beside
 #      backup's tail (its load checks count failed requests; its latency
 #      gates have a 100 ms floor);
 #   3. deploy alone at the end: its latency and 5xx windows are the strictest,
@@ -141,19 +141,34 @@ launch() {
   PIDS[$s]=$!
 }
 
-# Wait for scenario S and show its output.
+# Wait for scenario S (unless wait_first already did) and show its output.
 collect() {
   local s=$1 rc=0
   [[ -n ${PIDS[$s]:-} ]] || return 0
-  wait "${PIDS[$s]}" || rc=1
+  if [[ -n ${ENDED[$s]:-} ]]; then
+    rc=${ENDED[$s]}
+  else
+    wait "${PIDS[$s]}" || rc=1
+  fi
   echo "=== output of scenario $s"
   cat "$LOGDIR/$s.log"
-  unset "PIDS[$s]"
-  return $rc
+  unset "PIDS[$s]" "ENDED[$s]"
+  return "$rc"
+}
+
+# Wait until the first of the scenarios named ends; remember how it went.
+wait_first() {
+  local s pid rc=0
+  local -a pids=()
+  for s in "$@"; do [[ -n ${PIDS[$s]:-} ]] && pids+=("${PIDS[$s]}"); done
+  ((${#pids[@]})) || return 0
+  wait -n -p pid "${pids[@]}" || rc=1
+  for s in "$@"; do [[ ${PIDS[$s]:-} == "$pid" ]] && ENDED[$s]=$rc; done
+  return 0
 }
 
 start_early_group() {
-  declare -gA PIDS=()
+  declare -gA PIDS=() ENDED=()
   LOGDIR=$(mktemp -d)
   EARLY_T0=$SECONDS
   local s
@@ -164,11 +179,13 @@ stage_molecule() {
   local rc=0 s
   [[ -n ${LOGDIR:-} ]] || start_early_group
   local t0=$EARLY_T0
+  # Platform starts as soon as bootstrap or the install test is done.
+  wait_first bootstrap install
+  launch "$LATE_PARALLEL"
   for s in "${EARLY_SCENARIOS[@]}"; do
     [[ $s == backup ]] && continue
     collect "$s" || rc=1
   done
-  launch "$LATE_PARALLEL"
   collect backup || rc=1
   collect "$LATE_PARALLEL" || rc=1
   echo "--- parallel scenarios (${EARLY_SCENARIOS[*]} $LATE_PARALLEL): $((SECONDS - t0))s"
