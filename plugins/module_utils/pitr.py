@@ -184,6 +184,32 @@ def metrics(stanza, info, archiver, now):
     return "\n".join(lines) + "\n"
 
 
+# PostgreSQL's view of WAL archiving, one row: what metrics() reads.
+ARCHIVER_SQL = (
+    "SELECT archived_count, failed_count, coalesce(extract(epoch FROM last_archived_time), 0), "
+    "coalesce(extract(epoch FROM last_failed_time), 0), "
+    "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') FROM pg_stat_archiver"
+)
+
+
+def parse_archiver(row):
+    """ARCHIVER_SQL's row (psql -A -t -F '|') as the dict metrics() takes."""
+    a, f, la, lf, ready = (row.strip().split("|") + ["0"] * 5)[:5]
+    return {
+        "archived_count": a,
+        "failed_count": f,
+        "last_archived_time": la,
+        "last_failed_time": lf,
+        "ready_segments": ready,
+    }
+
+
+def move_contents(src, dest):
+    """Move everything in directory SRC into directory DEST (same file system)."""
+    for name in os.listdir(src):
+        shutil.move(os.path.join(src, name), os.path.join(dest, name))
+
+
 class Cluster:
     """The database container and pgBackRest inside it."""
 
@@ -221,44 +247,32 @@ class Cluster:
             raise PitrError(f"pgbackrest info failed: {(proc.stderr or proc.stdout).strip()[-400:]}")
         return parse_info(proc.stdout, self.stanza)
 
+    def _psql_argv(self, sql):
+        return [
+            "docker",
+            "exec",
+            "-u",
+            "postgres",
+            self.container,
+            "psql",
+            "-U",
+            self.user,
+            "-d",
+            "postgres",
+            "-X",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-c",
+            sql,
+        ]
+
     def psql(self, sql):
-        proc = self.sh(
-            [
-                "docker",
-                "exec",
-                "-u",
-                "postgres",
-                self.container,
-                "psql",
-                "-U",
-                self.user,
-                "-d",
-                "postgres",
-                "-X",
-                "-A",
-                "-t",
-                "-F",
-                "|",
-                "-c",
-                sql,
-            ]
-        )
-        return proc.stdout.strip()
+        return self.sh(self._psql_argv(sql)).stdout.strip()
 
     def archiver(self):
-        row = self.psql(
-            "SELECT archived_count, failed_count, coalesce(extract(epoch FROM last_archived_time), 0), "
-            "coalesce(extract(epoch FROM last_failed_time), 0), "
-            "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') FROM pg_stat_archiver"
-        )
-        a, f, la, lf, ready = (row.split("|") + ["0"] * 5)[:5]
-        return {
-            "archived_count": a,
-            "failed_count": f,
-            "last_archived_time": la,
-            "last_failed_time": lf,
-            "ready_segments": ready,
-        }
+        return parse_archiver(self.psql(ARCHIVER_SQL))
 
     def backup(self, now=None, full_every_days=7):
         kind = choose_type(self.info()["backups"], now or time.time(), full_every_days)
@@ -282,10 +296,9 @@ class Cluster:
         keep = keep_dir or f"{os.path.dirname(data.rstrip('/'))}/pre-restore-{stamp}"
         self.sh(["docker", "stop", "-t", "60", self.container])
         os.makedirs(keep, mode=0o700)
-        for name in os.listdir(data):
-            shutil.move(os.path.join(data, name), os.path.join(keep, name))
+        move_contents(data, keep)
         args = ["--type=time", f"--target={pg_time(target)}", "--target-action=promote"] if target else []
-        proc = self.sh(self._restore_argv(args), check=False)
+        proc = self._restore(args)
         if proc.returncode != 0:
             # Put the old data back: the failed restore changes nothing.
             self._put_back(data, keep)
@@ -314,8 +327,7 @@ class Cluster:
         for name in os.listdir(data):
             path = os.path.join(data, name)
             shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
-        for name in os.listdir(keep):
-            shutil.move(os.path.join(keep, name), os.path.join(data, name))
+        move_contents(keep, data)
         os.rmdir(keep)
 
     def drill(self, query="", wait=900, now=None):
@@ -345,7 +357,7 @@ class Cluster:
         started = time.monotonic()
         try:
             args = ["--type=time", f"--target={pg_time(target)}", "--target-action=promote"]
-            self.sh(self._restore_argv(args, volume=volume, repo_mode=":ro"))
+            self._restore(args, volume=volume, repo_mode=":ro", check=True)
             self.sh(
                 [
                     "docker",
@@ -355,12 +367,7 @@ class Cluster:
                     name,
                     "--network",
                     "none",
-                    "-v",
-                    f"{volume}:{DATA_DIR}",
-                    "-v",
-                    f"{self.conf_dir}:/etc/pgbackrest:ro",
-                    "-v",
-                    f"{self.repo}:{self.repo_path}:ro",
+                    *self._mounts(volume, repo_mode=":ro"),
                     self.image,
                 ]
             )
@@ -374,31 +381,20 @@ class Cluster:
             self.sh(["docker", "volume", "rm", "-f", volume], check=False)
         return {"target": pg_time(target), "seconds": round(time.monotonic() - started, 1), "answer": answer.strip()}
 
-    def _restore_argv(self, args, volume=None, repo_mode=""):
-        return [
-            "docker",
-            "run",
-            "--rm",
-            "--user",
-            "postgres",
-            "--entrypoint",
-            "pgbackrest",
-            "-v",
-            f"{volume or self.volume}:{DATA_DIR}",
+    def _mounts(self, volume=None, repo_mode=""):
+        """The repository and pgbackrest.conf, as the database container has
+        them (and VOLUME as the data directory)."""
+        data = ["-v", f"{volume}:{DATA_DIR}"] if volume else []
+        return data + [
             "-v",
             f"{self.conf_dir}:/etc/pgbackrest:ro",
             "-v",
             f"{self.repo}:{self.repo_path}{repo_mode}",
-            self.image,
-            f"--stanza={self.stanza}",
-            "--log-level-console=warn",
-            *args,
-            "restore",
         ]
 
-    def info_offline(self):
-        """pgbackrest info from a one-off container (the database may be down)."""
-        proc = self.sh(
+    def _oneoff(self, *args, volume=None, repo_mode="", check=False):
+        """pgbackrest ARGS in a one-off container of the image (the database may be down)."""
+        return self.sh(
             [
                 "docker",
                 "run",
@@ -407,17 +403,22 @@ class Cluster:
                 "postgres",
                 "--entrypoint",
                 "pgbackrest",
-                "-v",
-                f"{self.conf_dir}:/etc/pgbackrest:ro",
-                "-v",
-                f"{self.repo}:{self.repo_path}",
+                *self._mounts(volume, repo_mode),
                 self.image,
                 f"--stanza={self.stanza}",
-                "--output=json",
-                "info",
+                *args,
             ],
-            check=False,
+            check=check,
         )
+
+    def _restore(self, args, volume=None, repo_mode="", check=False):
+        return self._oneoff(
+            "--log-level-console=warn", *args, "restore", volume=volume or self.volume, repo_mode=repo_mode, check=check
+        )
+
+    def info_offline(self):
+        """pgbackrest info from a one-off container (the database may be down)."""
+        proc = self._oneoff("--output=json", "info")
         if proc.returncode != 0:
             raise PitrError(
                 f"pgbackrest info failed: {(proc.stderr or proc.stdout).strip()[-400:]}. Nothing was changed."
@@ -429,27 +430,7 @@ class Cluster:
         repository against its checksum. pgBackRest 2.45 ends it with exit 0
         even when files are bad; its report ("status: error", "invalid
         result ...") is what tells."""
-        proc = self.sh(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "--user",
-                "postgres",
-                "--entrypoint",
-                "pgbackrest",
-                "-v",
-                f"{self.conf_dir}:/etc/pgbackrest:ro",
-                "-v",
-                f"{self.repo}:{self.repo_path}",
-                self.image,
-                f"--stanza={self.stanza}",
-                "--log-level-console=info",
-                "--job-retry=0",
-                "verify",
-            ],
-            check=False,
-        )
+        proc = self._oneoff("--log-level-console=info", "--job-retry=0", "verify")
         report = proc.stdout + proc.stderr
         bad = [line.split("INFO:", 1)[-1].strip() for line in report.splitlines() if "invalid result" in line]
         if proc.returncode != 0 or bad or "status: error" in report:
@@ -466,23 +447,7 @@ class Cluster:
         last = ""
         while time.monotonic() < deadline:
             proc = self.sh(
-                [
-                    "docker",
-                    "exec",
-                    "-u",
-                    "postgres",
-                    self.container,
-                    "psql",
-                    "-U",
-                    self.user,
-                    "-d",
-                    "postgres",
-                    "-X",
-                    "-A",
-                    "-t",
-                    "-c",
-                    "SELECT pg_is_in_recovery()",
-                ],
+                self._psql_argv("SELECT pg_is_in_recovery()"),
                 check=False,
             )
             last = (proc.stdout or proc.stderr).strip()

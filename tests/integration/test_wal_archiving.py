@@ -34,19 +34,8 @@ def archiving():
 
 
 def archiver(psql):
-    row = psql(
-        "SELECT archived_count, failed_count, coalesce(extract(epoch FROM last_archived_time), 0), "
-        "coalesce(extract(epoch FROM last_failed_time), 0), "
-        "(SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') FROM pg_stat_archiver"
-    )
-    a, f, la, lf, ready = row.split("|")
-    return {
-        "archived_count": a,
-        "failed_count": f,
-        "last_archived_time": la,
-        "last_failed_time": lf,
-        "ready_segments": ready,
-    }
+    """pg_stat_archiver as onebox-dr reads it (module_utils pitr)."""
+    return pitr.parse_archiver(psql(pitr.ARCHIVER_SQL))
 
 
 def until(check, timeout=90):

@@ -114,8 +114,7 @@ def restore_redis(cfg, manifest):
         run(["docker", "stop", name])
         keep = f"{data.rstrip('/')}.pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         os.makedirs(keep, mode=0o700)
-        for item in os.listdir(data):
-            shutil.move(os.path.join(data, item), os.path.join(keep, item))
+        pitr.move_contents(data, keep)
         shutil.copy2(rdb, os.path.join(data, "dump.rdb"))
         once = f"{name}-restore"
         run(
