@@ -121,32 +121,6 @@ def other_servers(snapshots, sid):
     return sorted(ids - {sid})
 
 
-def write_textfile(directory, name, text):
-    """A Prometheus textfile, written whole (temp file, then rename)."""
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, os.path.join(directory, name))
-
-
-def read_state(path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return {}
-
-
-def write_state(path, state):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".state.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(state, fh, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def metrics_text(state, max_ages=None):
     """Prometheus text from the state file: per kind (backup, check, wal),
     the last attempt's success, the last success's time and the age the
@@ -193,7 +167,6 @@ class Offsite:
             raise OffsiteError(f"the off-site settings lack {', '.join(missing)}")
         self.cfg = cfg
         self._run = run
-        self.state_path = os.path.join(cfg.get("state_dir") or "/var/lib/onebox/offsite", "state.json")
 
     # restic ---------------------------------------------------------------
     def env(self):

@@ -34,6 +34,7 @@ LIB = os.environ.get("ONEBOX_LIB", "/usr/local/lib/onebox/dr")
 sys.path.insert(0, LIB)
 
 import offsite  # noqa: E402
+import pg_backup  # noqa: E402  (its write_atomic: temp file, fsync, rename)
 import pitr  # noqa: E402
 import release_log  # noqa: E402  (the owner of releases.jsonl)
 
@@ -64,10 +65,27 @@ def cluster(cfg, repo=None):
     )
 
 
+def state_path(cfg):
+    return os.path.join(cfg.get("state_dir") or "/var/lib/onebox/offsite", "state.json")
+
+
+def read_state(cfg):
+    try:
+        with open(state_path(cfg), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def write_textfile(cfg, name, text):
+    """A Prometheus textfile for node_exporter, written whole."""
+    os.makedirs(cfg["metrics_dir"], exist_ok=True)
+    pg_backup.write_atomic(os.path.join(cfg["metrics_dir"], name), text.encode(), mode=0o644)
+
+
 def record(cfg, kind, ok, **extra):
     """Remember the outcome of KIND and rewrite the metrics file."""
-    box = offsite.Offsite(cfg)
-    state = offsite.read_state(box.state_path)
+    state = read_state(cfg)
     entry = state.get(kind, {})
     entry.update(extra)
     entry["ok"] = ok
@@ -76,11 +94,10 @@ def record(cfg, kind, ok, **extra):
         entry["last_success"] = entry["last_attempt"]
         entry.pop("error", None)
     state[kind] = entry
-    offsite.write_state(box.state_path, state)
+    os.makedirs(os.path.dirname(state_path(cfg)), exist_ok=True)
+    pg_backup.write_atomic(state_path(cfg), json.dumps(state, sort_keys=True).encode())
     if cfg.get("metrics_dir"):
-        offsite.write_textfile(
-            cfg["metrics_dir"], "onebox_offsite.prom", offsite.metrics_text(state, cfg.get("max_ages"))
-        )
+        write_textfile(cfg, "onebox_offsite.prom", offsite.metrics_text(state, cfg.get("max_ages")))
 
 
 def pitr_metrics(cfg):
@@ -91,7 +108,7 @@ def pitr_metrics(cfg):
         text = pitr.metrics(c.stanza, c.info(), c.archiver(), time.time())
     except (pitr.PitrError, subprocess.SubprocessError, OSError):
         return
-    offsite.write_textfile(cfg["metrics_dir"], "onebox_pitr.prom", text)
+    write_textfile(cfg, "onebox_pitr.prom", text)
 
 
 def restore_redis(cfg, manifest):
