@@ -10,6 +10,13 @@ set -euo pipefail
 BASE=${ONEBOX_BASE_IMAGE:-local/debian:bookworm}
 MIRROR=${ONEBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+# current IMAGE LABEL REV: IMAGE exists and was built at revision REV.
+current() { [ "$(docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null)" = "$3" ]; }
+# save IMAGE NAME: its archive .cache/images/NAME.tar for `docker load` on test servers.
+save() {
+  mkdir -p .cache/images
+  [ -s ".cache/images/$2.tar" ] || docker save -o ".cache/images/$2.tar" "$1"
+}
 
 build_base() {
   have "$BASE" && return 0
@@ -39,8 +46,7 @@ build_base() {
 # SIGINT stops it (fast shutdown). PG_REV: bump when the image changes.
 PG_REV=3
 build_postgres() {
-  [ "$(docker image inspect -f '{{index .Config.Labels "onebox_postgres_rev"}}' local/postgres:15 2>/dev/null)" = "$PG_REV" ] &&
-    return 0
+  current local/postgres:15 onebox_postgres_rev "$PG_REV" && return 0
   rm -f .cache/images/postgres-15.tar
   local ctx; ctx=$(mktemp -d)
   # The postgres user is 999:999, as in the official image; one layer (the
@@ -95,18 +101,11 @@ ENTRY
   rm -rf "$ctx"
 }
 
-# An archive of the PostgreSQL image, for `docker load` on test servers.
-save_postgres() {
-  mkdir -p .cache/images
-  [ -s .cache/images/postgres-15.tar ] || docker save -o .cache/images/postgres-15.tar local/postgres:15
-}
-
 # Shaped like the official redis image: no USER, WORKDIR /data, root runs
 # the entrypoint, which hands /data to redis and steps down with gosu.
 REDIS_REV=2
 build_redis() {
-  [ "$(docker image inspect -f '{{index .Config.Labels "onebox_redis_rev"}}' local/redis:7 2>/dev/null)" = "$REDIS_REV" ] &&
-    return 0
+  current local/redis:7 onebox_redis_rev "$REDIS_REV" && return 0
   rm -f .cache/images/redis-7.tar
   local ctx; ctx=$(mktemp -d)
   # redis is 999:999 as in the official image; one layer, as above.
@@ -140,16 +139,11 @@ ENTRY
   rm -rf "$ctx"
 }
 
-save_redis() {
-  mkdir -p .cache/images
-  [ -s .cache/images/redis-7.tar ] || docker save -o .cache/images/redis-7.tar local/redis:7
-}
-
 cd "$(dirname "$0")/.."
 case "${1:-all}" in
   base) build_base ;;
-  postgres) build_base; build_postgres; save_postgres ;;
-  redis) build_base; build_redis; save_redis ;;
-  all) build_base; build_postgres; save_postgres; build_redis; save_redis ;;
+  postgres) build_base; build_postgres; save local/postgres:15 postgres-15 ;;
+  redis) build_base; build_redis; save local/redis:7 redis-7 ;;
+  all) build_base; build_postgres; save local/postgres:15 postgres-15; build_redis; save local/redis:7 redis-7 ;;
   *) echo "usage: $0 [base|postgres|redis|all]" >&2; exit 2 ;;
 esac
