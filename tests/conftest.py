@@ -47,6 +47,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+def run_program(path, *args, timeout=300):
+    """Run an on-server program of a role (roles/*/files/*.py) with the
+    engines it has beside it on a server (ONEBOX_LIB: plugins/module_utils);
+    returns (exit code, stdout + stderr)."""
+    proc = subprocess.run(
+        [sys.executable, path, *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ONEBOX_LIB=os.path.join(ROOT, "plugins", "module_utils")),
+        check=False,
+        timeout=timeout,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 def run_module(name, args, check=False, diff=False, timeout=300, env=None):
     """Run plugins/modules/NAME the way Ansible does (args file on argv)
     and return (rc, result dict)."""

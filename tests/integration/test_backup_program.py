@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
 from ansible_collections.onebox.platform.plugins.module_utils import pg_backup as engine
-from conftest import ROOT
+from conftest import ROOT, run_program
 
 PROGRAM = os.path.join(ROOT, "roles", "backup", "files", "onebox_pg_backup.py")
-LIB = os.path.join(ROOT, "plugins", "module_utils")
 
 
 def run(action, cfg_path):
-    proc = subprocess.run(
-        [sys.executable, PROGRAM, action, "--config", str(cfg_path)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, ONEBOX_LIB=LIB),
-        check=False,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+    return run_program(PROGRAM, action, "--config", str(cfg_path))
 
 
 def metrics(directory):

@@ -14,27 +14,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port, run_program, wait_for
 
 PROGRAM = os.path.join(ROOT, "roles", "offsite", "files", "onebox_dr.py")
-LIB = os.path.join(ROOT, "plugins", "module_utils")
 
 pytestmark = pytest.mark.skipif(not shutil.which("restic"), reason="restic comes with scripts/test.sh setup")
 
 
 def run(cfg_path, *args):
-    proc = subprocess.run(
-        [sys.executable, PROGRAM, "--config", str(cfg_path), *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, ONEBOX_LIB=LIB),
-        check=False,
-        timeout=300,
-    )
-    return proc.returncode, proc.stdout + proc.stderr
+    return run_program(PROGRAM, "--config", str(cfg_path), *args)
 
 
 @pytest.fixture
@@ -162,19 +152,19 @@ def s3_server():
     program = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     if not os.path.exists(program):
         pytest.skip("moto_server comes with requirements-dev.txt")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [program, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def listening():
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return True
         except OSError:
-            time.sleep(0.2)
+            return False
+
+    wait_for(listening, timeout=30, interval=0.2)
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)

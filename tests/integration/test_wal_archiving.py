@@ -16,6 +16,7 @@ import time
 
 import pytest
 from ansible_collections.onebox.platform.plugins.module_utils import pitr
+from conftest import wait_for
 from pg_fixtures import ArchivingCluster
 
 pytestmark = pytest.mark.skipif(
@@ -38,21 +39,11 @@ def archiver(psql):
     return pitr.parse_archiver(psql(pitr.ARCHIVER_SQL))
 
 
-def until(check, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"not reached in {timeout} s")
-
-
 def test_a_full_repository_disk_fails_archiving_loudly_and_loses_nothing(archiving):
     psql, repo = archiving.psql, archiving.repo
     psql("CREATE TABLE t (id serial PRIMARY KEY, payload text)")
     psql("SELECT pg_switch_wal()")
-    until(lambda: int(archiver(psql)["archived_count"]) > 0)
+    wait_for(lambda: int(archiver(psql)["archived_count"]) > 0, timeout=90, interval=0.5)
     # The disk fills up.
     subprocess.run(["dd", "if=/dev/zero", f"of={repo}/filler", "bs=1M", "count=100"], capture_output=True, check=False)
     for _round in range(4):
@@ -63,7 +54,7 @@ def test_a_full_repository_disk_fails_archiving_loudly_and_loses_nothing(archivi
         now = archiver(psql)
         return now if int(now["failed_count"]) > 0 and int(now["ready_segments"]) > 3 else None
 
-    state = until(stuck)
+    state = wait_for(stuck, timeout=90, interval=0.5)
     assert float(state["last_failed_time"]) > float(state["last_archived_time"])
     # What an operator reads: pgBackRest's own words in PostgreSQL's log.
     log = archiving.log()
@@ -74,7 +65,7 @@ def test_a_full_repository_disk_fails_archiving_loudly_and_loses_nothing(archivi
     assert f'onebox_pitr_wal_failed_count{{stanza="t"}} {int(state["failed_count"])}' in text
     # Nothing is lost: the segments wait in pg_wal; with space back they all go.
     os.remove(f"{repo}/filler")
-    until(lambda: archiver(psql)["ready_segments"] == "0")
+    wait_for(lambda: archiver(psql)["ready_segments"] == "0", timeout=90, interval=0.5)
     after = archiver(psql)
     assert float(after["last_archived_time"]) > float(after["last_failed_time"])
     assert archiving.backrest("check").returncode == 0
