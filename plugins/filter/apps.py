@@ -60,10 +60,10 @@ def apps(value, legacy=None, routing_only=False):
             model.refuse_mixed(legacy)
         if not raw and legacy:
             raw = model.from_legacy(legacy)
-        out = model.normalize(raw, need_image=not routing_only)
+        out = model.normalize(raw, need_image=not routing_only, settings=model.settings_of(legacy))
         if routing_only:
             # Routing needs no environment: keep secrets out of the result.
-            out = [{k: v for k, v in app.items() if k not in ("env", "secret_env")} for app in out]
+            out = [{k: v for k, v in app.items() if k not in ("env", *model.SECRET_KEYS)} for app in out]
         return out
     except model.ModelError as exc:
         raise AnsibleFilterError(f"onebox_apps: {exc}") from None
@@ -82,6 +82,11 @@ def app_paths(name):
     return model.paths(name)
 
 
+def app_environment(app, database_password="", redis_password=""):
+    env, warnings = model.environment(app, database_password or "", redis_password or "")
+    return {"env": env, "warnings": warnings}
+
+
 def tls_probe_targets(value, https_port=443):
     return model.tls_probe_targets(value, https_port)
 
@@ -96,6 +101,7 @@ class FilterModule:
             "apps": apps,
             "app_select": app_select,
             "app_paths": app_paths,
+            "app_environment": app_environment,
             "release_keep": release_keep,
             "tls_probe_targets": tls_probe_targets,
         }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from urllib.parse import quote
 
 KINDS = ("web", "worker")
 COLOURS = ("blue", "green")
@@ -21,6 +22,15 @@ COLOURS = ("blue", "green")
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,39}$")
 # A PostgreSQL database name the roles can pass unquoted.
 DATABASE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,62}$")
+# Control characters (a newline above all) in a string that reaches a file,
+# a command line or haproxy.cfg would add a line of the attacker's choosing.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Where a multi-line text is the point (an HTML page): tab and line ends only.
+CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+TEXT_KEYS = ("maintenance_html",)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Databases and roles that are PostgreSQL's own: never an app's.
+RESERVED_DATABASES = ("postgres", "template0", "template1")
 DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Host ports of the colours when the model names none: stable per app name
 # (inserting an app never moves another's ports), in 20000-27999, loopback only.
@@ -29,6 +39,9 @@ PORT_SLOTS = 4000
 WORKER_ORDERS = ("start-first", "stop-first")
 
 STATE_ROOT = "/var/lib/onebox"
+# The shared PostgreSQL container when the inventory names none (the
+# postgres role's postgres_container; the old single-app variables: APP-postgres).
+SHARED_POSTGRES = "app-postgres"
 CONFIG_ROOT = "/etc/onebox"
 BACKUP_ROOT = "/var/backups/onebox"
 
@@ -77,7 +90,20 @@ DEFAULTS = {
     # in the container}. Both colours mount them; backups copy them
     # (volume_name gives the Docker name).
     "volumes": {},
+    # Where its database lives: "" is the shared PostgreSQL (the postgres
+    # role's container); another name is a PostgreSQL of the app's own, which
+    # the postgres role runs on the app's network only.
+    "database_container": "",
+    # The password of the app's own login role (Vault); "" generates one on
+    # the server once and keeps it there (0600).
+    "database_password": "",
+    # A Redis of the app's own (a password, on its network only), reached as
+    # REDIS_URL. The old single-app variables: postgres_redis_enabled.
+    "redis": False,
+    "redis_password": "",
 }
+# Secrets of the model: never shown.
+SECRET_KEYS = ("secret_env", "database_password", "redis_password")
 # "domain" (one) is read as "domains" (a list), as the haproxy role took it.
 # "derived" is recomputed: a checked model can be checked again (a role given
 # the model another role produced).
@@ -122,8 +148,10 @@ def paths(name):
     }
 
 
-def derive(app):
-    """What every role needs about APP (a normalized entry), derived once."""
+def derive(app, shared_postgres=SHARED_POSTGRES, redis_container=None):
+    """What every role needs about APP (a normalized entry), derived once.
+    SHARED_POSTGRES: the shared PostgreSQL container's name; REDIS_CONTAINER:
+    the old single-app Redis container, kept for that app."""
     name = app["name"]
     out = paths(name)
     # A worker has the two colours too: the running one and the stopped one
@@ -132,7 +160,83 @@ def derive(app):
     out["ports"] = {"blue": app["blue_port"], "green": app["green_port"]} if app["kind"] == "web" else {}
     # Docker volume name -> path in the container.
     out["volumes"] = {volume_name(name, v): path for v, path in sorted((app.get("volumes") or {}).items())}
+    out["database"] = database_names(app, shared_postgres) if app.get("database") else None
+    out["redis"] = redis_names(name, redis_container) if app.get("redis") else None
     return out
+
+
+def database_names(app, shared_postgres=SHARED_POSTGRES):
+    """Where app APP's database lives and how it is reached: its login role
+    (named after the database: apps sharing a database share its role), the
+    file on the server holding that role's password, the container (the
+    shared PostgreSQL unless the app has its own) and, for a container of
+    its own, its volume and environment file."""
+    db = app["database"]
+    container = app.get("database_container") or shared_postgres
+    own = container != shared_postgres
+    return {
+        "name": db,
+        "role": db,
+        "container": container,
+        "own": own,
+        "host": "postgres",
+        "password_file": f"{CONFIG_ROOT}/postgres/{db}.password",
+        "volume": f"{container}-data" if own else None,
+        "env_file": f"{CONFIG_ROOT}/postgres/{container}.env" if own else None,
+        "url_env": "DATABASE_URL",
+    }
+
+
+def redis_names(name, container=None):
+    """App NAME's own Redis: container, data volume, its configuration
+    directory (the file holds the password: 0600) and the ACL user."""
+    container = container or f"{name}-redis"
+    return {
+        "container": container,
+        "volume": f"{container}-data",
+        "host": "redis",
+        "user": name,
+        "config_dir": f"{CONFIG_ROOT}/{name}/redis",
+        "password_file": f"{CONFIG_ROOT}/{name}/redis/password",
+        "url_env": "REDIS_URL",
+    }
+
+
+def environment(app, database_password="", redis_password=""):
+    """The variables of APP's env file: its env and secret_env, with the URLs
+    of its own database role and Redis user, built from their passwords (the
+    files on the server hold them). Returns (variables, warnings): a
+    DATABASE_URL or REDIS_URL the inventory set for an app whose data store
+    onebox runs is replaced, and said so (an old URL would name the
+    superuser)."""
+    env = {str(k): "" if v is None else str(v) for k, v in {**app.get("env", {}), **app.get("secret_env", {})}.items()}
+    warnings = []
+    derived = app.get("derived") or {}
+    stores = []
+    if derived.get("database"):
+        db = derived["database"]
+        stores.append((db["url_env"], postgres_url(db, database_password), "its database role"))
+    if derived.get("redis"):
+        r = derived["redis"]
+        stores.append((r["url_env"], redis_url(r, redis_password), "its Redis"))
+    for key, url, what in stores:
+        if key in env and env[key] != url:
+            warnings.append(
+                f"app '{app['name']}': {key} in env/secret_env is replaced by the URL of {what} (onebox runs it); "
+                f"remove it from the inventory"
+            )
+        env[key] = url
+    return env, warnings
+
+
+def postgres_url(names, password):
+    """postgres://ROLE:PASSWORD@postgres:5432/DB for an app's login role."""
+    return f"postgres://{names['role']}:{quote(password, safe='')}@{names['host']}:5432/{names['name']}"
+
+
+def redis_url(names, password):
+    """redis://USER:PASSWORD@redis:6379/0 for an app's own Redis."""
+    return f"redis://{names['user']}:{quote(password, safe='')}@{names['host']}:6379/0"
 
 
 def _port(value, where, errors):
@@ -197,14 +301,18 @@ def _one(raw, index, errors, need_image=True):
             given = app[f"{colour}_port"]
             app[f"{colour}_port"] = _port(port if given is None else given, f"{where}: {colour}_port", errors)
         app["container_port"] = _port(app["container_port"], f"{where}: container_port", errors)
-    if app["database"] and (not isinstance(app["database"], str) or not DATABASE.match(app["database"])):
-        errors.append(f"{where}: database {app['database']!r} must be letters, digits and _ (a PostgreSQL name)")
+    _data_stores(app, where, errors)
     for key in ("command", "healthcheck"):
         if not isinstance(app[key], (str, list)):
             errors.append(f"{where}: {key} must be a command, as a string or a list of words")
     for key in ("env", "secret_env"):
         if not isinstance(app[key], dict):
             errors.append(f"{where}: {key} must be a mapping of NAME: value")
+            app[key] = {}
+        bad = [str(k) for k in app[key] if not isinstance(k, str) or not ENV_NAME.match(k)]
+        if bad:
+            errors.append(f"{where}: {key} names {', '.join(map(repr, bad))}: a variable name is letters, digits and _")
+    _no_control_characters(raw, where, errors)
     volumes = app["volumes"]
     if not isinstance(volumes, dict):
         errors.append(
@@ -233,6 +341,64 @@ def _one(raw, index, errors, need_image=True):
             errors.append(f"{where}: {key} must be a number, not {app[key]!r}")
     _verification(app, where, errors)
     return app
+
+
+def _no_control_characters(raw, where, errors):
+    """Refuse a control character (a newline above all) in any string of the
+    entry: each one reaches the env file, a command line, haproxy.cfg or the
+    audit log, where it would start a line of its own. A secret's place is
+    named, never its value."""
+    for key, value in raw.items():
+        if key == "derived":
+            continue
+        pattern = CONTROL_IN_TEXT if key in TEXT_KEYS else CONTROL
+        for path, char, at in _control_characters(value, key, pattern):
+            if key in SECRET_KEYS:
+                errors.append(f"{where}: {path} holds a control character (a newline?): remove it")
+                continue
+            shown = "a newline" if char == "\n" else f"control character {char!r}"
+            errors.append(
+                f"{where}: {path} holds {shown} (at character {at}); it would reach a file or a command line "
+                "as a line of its own: remove it"
+            )
+
+
+def _control_characters(value, path, pattern):
+    """(path, character, 1-based position) of each string in VALUE (strings,
+    mappings and lists, keys included) that PATTERN finds a character in."""
+    if isinstance(value, str):
+        m = pattern.search(value)
+        return [(path, m.group(), m.start() + 1)] if m else []
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found += _control_characters(k, f"{path} key", pattern)
+            found += _control_characters(v, f"{path}.{k}", pattern)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found += _control_characters(v, f"{path}[{i}]", pattern)
+    return found
+
+
+def _data_stores(app, where, errors):
+    """The app's database (in the shared PostgreSQL or its own) and Redis."""
+    db = app["database"]
+    if db and (not isinstance(db, str) or not DATABASE.match(db)):
+        errors.append(f"{where}: database {db!r} must be letters, digits and _ (a PostgreSQL name)")
+    elif db in RESERVED_DATABASES:
+        errors.append(f"{where}: database {db!r} is PostgreSQL's own; name the app's database after the app")
+    container = app["database_container"]
+    if container and (not isinstance(container, str) or not NAME.match(container)):
+        errors.append(f"{where}: database_container {container!r} must be a container name (letters, digits, _ and -)")
+    elif container and not db:
+        errors.append(f"{where}: database_container {container!r} needs database: NAME (the database it holds)")
+    for key in ("database_password", "redis_password"):
+        if not isinstance(app[key], str):
+            errors.append(f"{where}: {key} must be a string (keep it in Vault)")
+        elif app[key] and len(app[key]) < 12:
+            errors.append(f"{where}: {key} must be 12 characters or more (or empty: one is generated on the server)")
+    if not isinstance(app["redis"], bool):
+        errors.append(f"{where}: redis must be true or false, not {app['redis']!r}")
 
 
 def rollout_steps(steps):
@@ -277,11 +443,25 @@ def _verification(app, where, errors):
         errors.append(f"{where}: verify_max_error_rate is a share from 0 to 1 (0.01 is 1 %), not {rate}")
 
 
-def normalize(apps, reserved_ports=(), need_image=True):
+def settings_of(variables):
+    """What the model needs from the rest of the inventory: the shared
+    PostgreSQL container's name (the postgres role's postgres_container) and,
+    for the old single-app variables, their Redis container."""
+    variables = variables or {}
+    legacy_name = variables.get("app_name") or "app"
+    out = {"shared_postgres": variables.get("postgres_container") or f"{legacy_name}-postgres", "redis_container": None}
+    if variables.get("postgres_redis_container"):
+        out["redis_container"] = variables["postgres_redis_container"]
+    return out
+
+
+def normalize(apps, reserved_ports=(), need_image=True, settings=None):
     """Check and complete a list of apps; every entry gets the defaults and
     ``derived``. Raises ModelError listing every mistake. RESERVED_PORTS
     (host ports something else on the server uses) must not be taken.
-    NEED_IMAGE=False: for routing only (the haproxy role alone)."""
+    NEED_IMAGE=False: for routing only (the haproxy role alone). SETTINGS:
+    settings_of() the inventory (the shared PostgreSQL's name...)."""
+    settings = settings or settings_of({})
     if apps is None:
         apps = []
     if not isinstance(apps, list):
@@ -309,11 +489,37 @@ def normalize(apps, reserved_ports=(), need_image=True):
                     f"set blue_port/green_port for '{name}' to free ports"
                 )
             seen_ports[port] = f"'{name}' ({colour})"
+    _shared_stores(out, settings, errors)
     if errors:
         raise ModelError("\n".join(errors))
+    legacy_redis = settings.get("redis_container") if len(out) == 1 else None
     for app in out:
-        app["derived"] = derive(app)
+        app["derived"] = derive(app, settings["shared_postgres"], legacy_redis)
     return out
+
+
+def _shared_stores(apps, settings, errors):
+    """Databases several apps use (a web app and its worker) live in one
+    container and share one role; container names of the data stores must
+    not be an app's own."""
+    taken = {c: a["name"] for a in apps for c in (f"{a['name']}-{x}" for x in (*COLOURS, "migrate", "redis"))}
+    where_db = {}
+    for app in apps:
+        db = app.get("database")
+        if not db:
+            continue
+        container = app.get("database_container") or settings["shared_postgres"]
+        if db in where_db and where_db[db][1] != container:
+            errors.append(
+                f"database {db} is in {where_db[db][1]} for '{where_db[db][0]}' but in {container} for "
+                f"'{app['name']}': apps sharing a database share its container"
+            )
+        where_db.setdefault(db, (app["name"], container))
+        if container != settings["shared_postgres"] and container in taken:
+            errors.append(
+                f"app '{app['name']}': database_container {container} is the name of a container of "
+                f"'{taken[container]}'; pick another name"
+            )
 
 
 LEGACY = {
@@ -367,6 +573,13 @@ def refuse_mixed(variables):
             "which would apply to every app: move them into the app entries (name, image, domains, "
             "database...) and remove them. Nothing was changed."
         )
+    if variables.get("postgres_redis_enabled") in (True, "true", "True", "yes", 1):
+        raise ModelError(
+            "postgres_redis_enabled asks for one Redis shared by every app, which lets any app read or flush "
+            "another's keys. Each app now has a Redis of its own: set redis: true on the apps of onebox_apps "
+            "that use one (each gets REDIS_URL) and remove postgres_redis_enabled. A shared Redis container "
+            "already running is left as it is, with its data. Nothing was changed."
+        )
 
 
 def from_legacy(variables):
@@ -384,6 +597,9 @@ def from_legacy(variables):
             app[new] = variables[old]
     if variables.get("app_database_container"):
         app["database"] = variables.get("app_database_name") or app["name"]
+        app["database_container"] = variables["app_database_container"]
+    # The old settings' one Redis (postgres_redis_enabled) is this app's own.
+    app["redis"] = bool(variables.get("postgres_redis_enabled"))
     return [app]
 
 

@@ -8,11 +8,12 @@ from ansible_collections.onebox.platform.plugins.module_utils import apps as mod
 
 
 def web(name, *domains, **kw):
-    return dict(name=name, image=f"registry.example.com/{name}", domains=list(domains), health_path="/health", **kw)
+    image = f"registry.example.com/{name}"
+    return {"name": name, "image": image, "domains": list(domains), "health_path": "/health", **kw}
 
 
 def worker(name, **kw):
-    return dict(name=name, image=f"registry.example.com/{name}", kind="worker", **kw)
+    return {"name": name, "image": f"registry.example.com/{name}", "kind": "worker", **kw}
 
 
 PLATFORM = [
@@ -142,3 +143,102 @@ def test_volumes_are_named_once_and_checked():
     # The single-app variables: app_volumes.
     legacy = model.from_legacy({"app_image": "r/shop", "app_volumes": {"uploads": "/www/uploads"}})
     assert model.normalize(legacy)[0]["derived"]["volumes"] == {"onebox_app_uploads": "/www/uploads"}
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        (web("api", "api.example.com", health_path="/health\nserver evil 1.2.3.4:80"), "health_path holds a newline"),
+        (web("api", "api.example.com", env={"MODE": "prod\nEVIL=1"}), "env.MODE holds a newline"),
+        (web("api", "api.example.com", command="run\r"), "command holds control character '\\r'"),
+        (web("api", "api.example.com", smoke_checks=[{"path": "/\x1b[2J"}]), "smoke_checks[0].path holds control"),
+        (web("api", "api.example.com", env={"BAD NAME": "x"}), "env names 'BAD NAME'"),
+        (web("api", "api.example.com", image="r/api\n"), "image holds a newline"),
+    ],
+)
+def test_control_characters_are_refused_in_every_model_string(entry, message):
+    with pytest.raises(model.ModelError) as err:
+        model.normalize([entry])
+    assert message in str(err.value)
+
+
+def test_a_secret_with_a_newline_is_refused_without_showing_it():
+    with pytest.raises(model.ModelError) as err:
+        model.normalize([web("api", "api.example.com", secret_env={"TOKEN": "s3cr3t\nEVIL=1"})])
+    assert "secret_env.TOKEN holds a control character" in str(err.value)
+    assert "s3cr3t" not in str(err.value)
+
+
+def test_a_maintenance_page_may_have_lines():
+    page = "<html>\n<body>Back soon</body>\n</html>\n"
+    assert model.normalize([web("api", "api.example.com", maintenance_html=page)])[0]["maintenance_html"] == page
+    with pytest.raises(model.ModelError, match="maintenance_html holds control character"):
+        model.normalize([web("api", "api.example.com", maintenance_html="<p>\x07</p>")])
+
+
+def test_databases_are_named_in_one_place_shared_or_own():
+    apps = model.normalize(
+        [
+            web("shop", "shop.example.com", database="shop", redis=True),
+            web("blog", "blog.example.com", database="blog", database_container="blog-postgres"),
+            worker("mailer", database="shop"),
+            worker("cron"),
+        ],
+        settings=model.settings_of({}),
+    )
+    shop, blog, mailer, cron = (a["derived"] for a in apps)
+    assert shop["database"] == {
+        "name": "shop", "role": "shop", "container": "app-postgres", "own": False, "host": "postgres",
+        "password_file": "/etc/onebox/postgres/shop.password", "volume": None, "env_file": None,
+        "url_env": "DATABASE_URL",
+    }  # fmt: skip
+    assert blog["database"]["own"] and blog["database"]["container"] == "blog-postgres"
+    assert blog["database"]["volume"] == "blog-postgres-data"
+    assert mailer["database"]["role"] == "shop" and mailer["database"]["container"] == "app-postgres"
+    assert cron["database"] is None and cron["redis"] is None and blog["redis"] is None
+    assert shop["redis"]["container"] == "shop-redis" and shop["redis"]["user"] == "shop"
+
+
+@pytest.mark.parametrize(
+    "apps,message",
+    [
+        ([web("a", "a.example.com", database="postgres")], "database 'postgres' is PostgreSQL's own"),
+        ([web("a", "a.example.com", database_container="a-db")], "needs database: NAME"),
+        (
+            [web("a", "a.example.com", database="x"), worker("w", database="x", database_container="w-db")],
+            "database x is in app-postgres for 'a' but in w-db for 'w'",
+        ),
+        ([web("a", "a.example.com", database="x", database_container="a-blue")], "is the name of a container of 'a'"),
+        ([web("a", "a.example.com", database_password="short")], "database_password must be 12 characters"),
+        ([web("a", "a.example.com", redis="yes")], "redis must be true or false"),
+    ],
+)
+def test_bad_data_stores_are_refused(apps, message):
+    with pytest.raises(model.ModelError) as err:
+        model.normalize(apps)
+    assert message in str(err.value)
+
+
+def test_the_env_file_gets_the_apps_own_urls():
+    old = {"DATABASE_URL": "postgres://postgres:x@postgres/shop", "KEY": "k"}
+    (app,) = model.normalize([web("shop", "shop.example.com", database="shop", redis=True, secret_env=old)])
+    env, warnings = model.environment(app, database_password="p@ss/word:1234", redis_password="r-pass-1234567")
+    assert env["DATABASE_URL"] == "postgres://shop:p%40ss%2Fword%3A1234@postgres:5432/shop"
+    assert env["REDIS_URL"] == "redis://shop:r-pass-1234567@redis:6379/0"
+    assert env["KEY"] == "k"
+    assert len(warnings) == 1 and "DATABASE_URL in env/secret_env is replaced" in warnings[0]
+    (plain,) = model.normalize([web("www", "www.example.com", env={"A": 1})])
+    assert model.environment(plain) == ({"A": "1"}, [])
+
+
+def test_the_old_variables_keep_their_database_container_and_redis():
+    legacy = {"app_image": "r/shop", "app_name": "shop", "app_database_container": "shop-postgres",
+              "postgres_container": "shop-postgres", "postgres_redis_enabled": True}  # fmt: skip
+    (app,) = model.normalize(model.from_legacy(legacy), settings=model.settings_of(legacy))
+    assert app["derived"]["database"]["container"] == "shop-postgres" and not app["derived"]["database"]["own"]
+    assert app["derived"]["redis"]["container"] == "shop-redis"
+
+
+def test_a_shared_redis_is_refused_in_the_model():
+    with pytest.raises(model.ModelError, match="Each app now has a Redis of its own"):
+        model.refuse_mixed({"postgres_redis_enabled": True})

@@ -1,0 +1,127 @@
+#!/usr/bin/python
+# Copyright: onebox.platform contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: pg_app_role
+short_description: Give an app's database a login role of its own, so no app can reach another's data
+version_added: "0.5.0"
+description:
+  - Makes O(role) a login role with no superuser, CREATEROLE, CREATEDB, REPLICATION or BYPASSRLS, with O(password),
+    and the owner of database O(database) (created when missing). CONNECT is revoked from PUBLIC on that database and
+    on the databases in O(revoke_public_connect), so another app's role cannot even connect to it.
+  - Without superuser, the role cannot run C(COPY ... TO PROGRAM) or read server files in the database container.
+  - Moving an existing database over hands every object the superuser owns in it (tables, sequences, views,
+    functions, types, schemas; not those of extensions) to O(role), in one transaction. The app, which connected as
+    the superuser before, keeps its tables.
+  - The password is sent as a SCRAM-SHA-256 verifier computed by the module: the plaintext never reaches the server
+    or a command line. A role that already has the password is left alone (checked against its verifier).
+  - Runs C(psql) as the superuser in the database container (C(docker exec), the local socket).
+author:
+  - onebox.platform developers (@onebox)
+options:
+  container:
+    description: The PostgreSQL container.
+    type: str
+    required: true
+  superuser:
+    description: The superuser the container was made with (POSTGRES_USER).
+    type: str
+    default: postgres
+  role:
+    description: The app's login role.
+    type: str
+    required: true
+  database:
+    description: The app's database.
+    type: str
+    required: true
+  password:
+    description: The role's password (12 characters or more).
+    type: str
+    required: true
+  revoke_public_connect:
+    description: Other databases of the server PUBLIC must not connect to (the app roles would see the catalog there).
+    type: list
+    elements: str
+    default: [postgres, template1]
+  docker_bin:
+    description: The docker command.
+    type: str
+    default: docker
+attributes:
+  check_mode:
+    description: Can run in check mode and return the changed status prediction without modifying the target.
+    support: full
+  diff_mode:
+    description: Returns details on what has changed (or would change in check mode).
+    support: full
+notes:
+  - Check mode reads the role and database and returns what would change.
+seealso:
+  - module: onebox.platform.pg_backup
+"""
+
+EXAMPLES = r"""
+- name: The shop's own role, owner of its database only
+  onebox.platform.pg_app_role:
+    container: app-postgres
+    role: shop
+    database: shop
+    password: "{{ vault_shop_db_password }}"
+  no_log: false
+"""
+
+RETURN = r"""
+changes:
+  description: What was (or in check mode would be) changed, in words.
+  returned: always
+  type: list
+  elements: str
+  sample: ["create login role shop", "give database shop to shop (was postgres)"]
+before:
+  description: The role's flags (no password), the database's owner and where PUBLIC could connect, before.
+  returned: always
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.onebox.platform.plugins.module_utils.pg_access import AccessError, AppRole, public_view
+from ansible_collections.onebox.platform.plugins.module_utils.pg_backup import PgRunner
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            container=dict(type="str", required=True),
+            superuser=dict(type="str", default="postgres"),
+            role=dict(type="str", required=True),
+            database=dict(type="str", required=True),
+            password=dict(type="str", required=True, no_log=True),
+            revoke_public_connect=dict(type="list", elements="str", default=["postgres", "template1"]),
+            docker_bin=dict(type="str", default="docker"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    runner = PgRunner(user=p["superuser"], container=p["container"], docker=p["docker_bin"])
+    try:
+        app = AppRole(runner, p["role"], p["database"], p["password"], p["superuser"], p["revoke_public_connect"])
+        if module.check_mode:
+            facts, _server, _in_db, said = app.plan()
+        else:
+            said, facts = app.apply()
+    except AccessError as exc:
+        module.fail_json(msg=f"pg_app_role: {exc}")
+    before = public_view(facts)
+    result = dict(changed=bool(said), changes=said, before=before)
+    if module._diff:
+        result["diff"] = {"before": {"changes": []}, "after": {"changes": said}}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
