@@ -50,6 +50,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
+from ansible_collections.onebox.platform.plugins.module_utils import platform
 from ansible_collections.onebox.platform.plugins.module_utils.releases import keep_versions
 
 
@@ -82,9 +83,29 @@ def app_paths(name):
     return model.paths(name)
 
 
-def app_environment(app, database_password="", redis_password=""):
-    env, warnings = model.environment(app, database_password or "", redis_password or "")
+def app_environment(app, credentials=None):
+    env, warnings = model.environment(app, credentials or {})
     return {"env": env, "warnings": warnings}
+
+
+def env_applied(env, container_env):
+    return model.env_applied(env or {}, container_env or [])
+
+
+def app_credential_files(app):
+    return model.credential_files(app or {})
+
+
+def data_stores(value, secrets=True):
+    return model.data_stores(value or [], secrets=secrets)
+
+
+def apps_public(value):
+    return platform.public(value or [])
+
+
+def platform_plan(value, variables=None):
+    return platform.plan(value or [], variables or {})
 
 
 def tls_probe_targets(value, https_port=443):
@@ -102,6 +123,11 @@ class FilterModule:
             "app_select": app_select,
             "app_paths": app_paths,
             "app_environment": app_environment,
+            "app_credential_files": app_credential_files,
+            "env_applied": env_applied,
+            "data_stores": data_stores,
+            "platform_plan": platform_plan,
+            "apps_public": apps_public,
             "release_keep": release_keep,
             "tls_probe_targets": tls_probe_targets,
         }

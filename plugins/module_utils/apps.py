@@ -202,23 +202,32 @@ def redis_names(name, container=None):
     }
 
 
-def environment(app, database_password="", redis_password=""):
+def credential_files(app):
+    """The files on the server holding the passwords of APP's own database
+    role and Redis user (the postgres role writes them)."""
+    derived = app.get("derived") or {}
+    return [d["password_file"] for d in (derived.get("database"), derived.get("redis")) if d]
+
+
+def environment(app, credentials=None):
     """The variables of APP's env file: its env and secret_env, with the URLs
-    of its own database role and Redis user, built from their passwords (the
-    files on the server hold them). Returns (variables, warnings): a
+    of its own database role and Redis user, built from their passwords
+    (CREDENTIALS: {password file: its text}, as read from the server; a store
+    whose file is not there gets no URL). Returns (variables, warnings): a
     DATABASE_URL or REDIS_URL the inventory set for an app whose data store
     onebox runs is replaced, and said so (an old URL would name the
     superuser)."""
+    credentials = credentials or {}
     env = {str(k): "" if v is None else str(v) for k, v in {**app.get("env", {}), **app.get("secret_env", {})}.items()}
     warnings = []
     derived = app.get("derived") or {}
     stores = []
-    if derived.get("database"):
-        db = derived["database"]
-        stores.append((db["url_env"], postgres_url(db, database_password), "its database role"))
-    if derived.get("redis"):
-        r = derived["redis"]
-        stores.append((r["url_env"], redis_url(r, redis_password), "its Redis"))
+    for names, url, what in (
+        (derived.get("database"), postgres_url, "its database role"),
+        (derived.get("redis"), redis_url, "its Redis"),
+    ):
+        if names and credentials.get(names["password_file"]):
+            stores.append((names["url_env"], url(names, credentials[names["password_file"]].strip()), what))
     for key, url, what in stores:
         if key in env and env[key] != url:
             warnings.append(
@@ -229,6 +238,13 @@ def environment(app, database_password="", redis_password=""):
     return env, warnings
 
 
+def env_applied(env, container_env):
+    """Whether a container started with CONTAINER_ENV (docker inspect's
+    Config.Env, KEY=VALUE strings) has every variable of ENV as it is now."""
+    have = set(container_env or [])
+    return all(f"{k}={v}" in have for k, v in (env or {}).items())
+
+
 def postgres_url(names, password):
     """postgres://ROLE:PASSWORD@postgres:5432/DB for an app's login role."""
     return f"postgres://{names['role']}:{quote(password, safe='')}@{names['host']}:5432/{names['name']}"
@@ -237,6 +253,47 @@ def postgres_url(names, password):
 def redis_url(names, password):
     """redis://USER:PASSWORD@redis:6379/0 for an app's own Redis."""
     return f"redis://{names['user']}:{quote(password, safe='')}@{names['host']}:6379/0"
+
+
+def data_stores(apps, secrets=True):
+    """What the postgres role runs for the model APPS: the networks the shared
+    PostgreSQL joins (those of the apps whose database is in it), each
+    PostgreSQL container of an app's own, each app database with its role
+    (one per database: the apps sharing it share the role) and each app's
+    Redis. Holds the passwords the model gives (database_password,
+    redis_password; "" when one is to be generated): keep it out of output,
+    or leave them out (SECRETS=False)."""
+    shared, own, databases, redis = [], {}, {}, []
+    for app in apps:
+        derived = app.get("derived") or {}
+        db = derived.get("database")
+        if db:
+            if db["own"]:
+                entry = own.setdefault(
+                    db["container"],
+                    {"container": db["container"], "volume": db["volume"], "env_file": db["env_file"], "networks": []},
+                )
+                entry["networks"].append(derived["network"])
+            else:
+                shared.append(derived["network"])
+            # Its backup job (timer, directory, metrics) is named after the
+            # first app of the model that uses it.
+            entry = databases.setdefault(db["name"], dict(db, apps=[], password="", job=app["name"]))
+            entry["apps"].append(app["name"])
+            entry["password"] = entry["password"] or app.get("database_password") or ""
+        if derived.get("redis"):
+            redis.append(dict(derived["redis"], app=app["name"], network=derived["network"],
+                              password=app.get("redis_password") or ""))  # fmt: skip
+    out = {
+        "shared_networks": sorted(set(shared)),
+        "own": [dict(v, networks=sorted(set(v["networks"]))) for _k, v in sorted(own.items())],
+        "databases": [databases[k] for k in sorted(databases)],
+        "redis": redis,
+    }
+    if not secrets:
+        for entry in out["databases"] + out["redis"]:
+            entry.pop("password")
+    return out
 
 
 def _port(value, where, errors):

@@ -17,9 +17,9 @@ description:
   - Moving an existing database over hands every object the superuser owns in it (tables, sequences, views,
     functions, types, schemas; not those of extensions) to O(role), in one transaction. The app, which connected as
     the superuser before, keeps its tables.
-  - The password is sent as a SCRAM-SHA-256 verifier computed by the module: the plaintext never reaches the server
+  - The password is sent as a SCRAM-SHA-256 verifier computed by the module; the plaintext never reaches the server
     or a command line. A role that already has the password is left alone (checked against its verifier).
-  - Runs C(psql) as the superuser in the database container (C(docker exec), the local socket).
+  - Runs C(psql) as the superuser in the database container (C(docker exec), over the local socket).
 author:
   - onebox.platform developers (@onebox)
 options:
@@ -40,9 +40,13 @@ options:
     type: str
     required: true
   password:
-    description: The role's password (12 characters or more).
+    description: The role's password (12 characters or more). Exactly one of O(password) and O(password_file).
     type: str
-    required: true
+  password_file:
+    description:
+      - A file on the server holding the role's password (its first line), such as the one the postgres role keeps.
+        The password then never passes through Ansible's variables.
+    type: path
   revoke_public_connect:
     description: Other databases of the server PUBLIC must not connect to (the app roles would see the catalog there).
     type: list
@@ -71,8 +75,7 @@ EXAMPLES = r"""
     container: app-postgres
     role: shop
     database: shop
-    password: "{{ vault_shop_db_password }}"
-  no_log: false
+    password_file: /etc/onebox/postgres/shop.password
 """
 
 RETURN = r"""
@@ -100,16 +103,28 @@ def main():
             superuser=dict(type="str", default="postgres"),
             role=dict(type="str", required=True),
             database=dict(type="str", required=True),
-            password=dict(type="str", required=True, no_log=True),
+            password=dict(type="str", no_log=True),
+            password_file=dict(type="path", no_log=False),
             revoke_public_connect=dict(type="list", elements="str", default=["postgres", "template1"]),
             docker_bin=dict(type="str", default="docker"),
         ),
+        required_one_of=[("password", "password_file")],
+        mutually_exclusive=[("password", "password_file")],
         supports_check_mode=True,
     )
     p = module.params
+    password = p["password"]
+    if p["password_file"]:
+        try:
+            with open(p["password_file"], encoding="utf-8") as fh:
+                password = fh.readline().rstrip("\r\n")
+        except OSError as exc:
+            module.fail_json(
+                msg=f"pg_app_role: cannot read the password of role {p['role']}: {exc}. Nothing was changed."
+            )
     runner = PgRunner(user=p["superuser"], container=p["container"], docker=p["docker_bin"])
     try:
-        app = AppRole(runner, p["role"], p["database"], p["password"], p["superuser"], p["revoke_public_connect"])
+        app = AppRole(runner, p["role"], p["database"], password, p["superuser"], p["revoke_public_connect"])
         if module.check_mode:
             facts, _server, _in_db, said = app.plan()
         else:

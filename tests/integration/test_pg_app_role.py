@@ -18,7 +18,9 @@ PW_B = "app-b-password-not-a-secret"
 
 
 def role(pg, name, db, password, check=False, **kw):
-    args = dict(container=pg.name, role=name, database=db, password=password, **kw)
+    args = dict(container=pg.name, role=name, database=db, **kw)
+    if password is not None:
+        args["password"] = password
     return run_module("pg_app_role", args, check=check)
 
 
@@ -65,7 +67,7 @@ def test_a_new_app_gets_its_role_and_database_and_nothing_else(pg_container, nam
     # Its role works over TCP with its password (scram), and makes tables.
     rc, got = as_role(
         pg_container, a, PW_A, a, "CREATE TABLE t (id int); INSERT INTO t VALUES (1); SELECT count(*) FROM t"
-    )  # noqa: E501
+    )
     assert rc == 0 and got.endswith("1"), got
     # Run again: nothing to do.
     rc, again = role(pg_container, a, a, PW_A)
@@ -144,3 +146,14 @@ def test_a_short_password_is_refused_before_anything(pg_container, names):
     rc, out = role(pg_container, a, a, "short")
     assert rc != 0 and "12 characters" in out["msg"] and "Nothing was changed" in out["msg"]
     assert pg_container.psql(f"SELECT count(*) FROM pg_roles WHERE rolname = '{a}'") == "0"
+
+
+def test_the_password_can_come_from_a_file_on_the_server(pg_container, names, tmp_path):
+    a, _b = names
+    path = tmp_path / "a.password"
+    path.write_text(PW_A + "\n")
+    rc, out = role(pg_container, a, a, None, password_file=str(path))
+    assert rc == 0 and out["changed"], out
+    assert as_role(pg_container, a, PW_A, a, "SELECT 1")[0] == 0
+    rc, out = role(pg_container, a, a, None, password_file=str(tmp_path / "missing"))
+    assert rc != 0 and "cannot read the password of role" in out["msg"]

@@ -222,7 +222,11 @@ def test_bad_data_stores_are_refused(apps, message):
 def test_the_env_file_gets_the_apps_own_urls():
     old = {"DATABASE_URL": "postgres://postgres:x@postgres/shop", "KEY": "k"}
     (app,) = model.normalize([web("shop", "shop.example.com", database="shop", redis=True, secret_env=old)])
-    env, warnings = model.environment(app, database_password="p@ss/word:1234", redis_password="r-pass-1234567")
+    creds = {
+        "/etc/onebox/postgres/shop.password": "p@ss/word:1234\n",
+        "/etc/onebox/shop/redis/password": "r-pass-1234567",
+    }
+    env, warnings = model.environment(app, creds)
     assert env["DATABASE_URL"] == "postgres://shop:p%40ss%2Fword%3A1234@postgres:5432/shop"
     assert env["REDIS_URL"] == "redis://shop:r-pass-1234567@redis:6379/0"
     assert env["KEY"] == "k"
