@@ -27,7 +27,7 @@ description:
     naming pattern that have a checksum. With every keep option at 0 nothing is pruned.
   - Backups are ordered by the time each recorded when it was completed (the first line of its C(.sha256), a
     comment to C(sha256sum -c)), or by the time in its name when it recorded none. A backup dated more than
-    5 minutes ahead of the clock (the clock was ahead, or a file copied in) never counts as the newest: retention
+    5 minutes ahead of the clock (the clock was ahead, or a file copied in) never counts as the newest; retention
     keeps it without counting it, M(onebox.platform.pg_restore) does not pick it, and a warning names it
     (RV(future)).
   - The password reaches pg_dump in the environment (C(PGPASSWORD)), never on a command line.

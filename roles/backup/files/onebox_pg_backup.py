@@ -14,7 +14,9 @@ With `offsite_target` set, each good backup (and any kept one still
 missing there) is then copied with rsync (over SSH for host:path targets);
 there, only what retention removed here is ever deleted.
 `drill` restores the newest backup into a scratch database, runs a check
-query and drops it. Both write Prometheus textfile metrics for
+query and drops it. A backup dated more than a few minutes ahead of the
+clock is never the newest: it is kept, never drilled, and reported (a
+WARNING line on stderr, the onebox_backup_future_dated metric). Both write Prometheus textfile metrics for
 node_exporter and keep counters in a state file. Exit 0 on success, 1 on a
 failed backup or drill, 2 on a bad configuration, 3 when the backup is
 good but the off-site copy failed.
