@@ -5,7 +5,9 @@ Slack-style webhooks and by e-mail, with the verification window's figures.
 
 A notice that cannot be sent is reported, never raised: it must not change
 the outcome of a deploy. Addresses and passwords never appear in what is
-returned (a webhook URL is a credential).
+returned (a webhook URL is a credential). Mail over TLS (STARTTLS or SSL)
+verifies the server's certificate and host name, against the system's CAs
+or the CA bundle file ``ca_file`` names.
 
 Standard library only.
 """
@@ -89,28 +91,65 @@ def post_webhook(url, payload, timeout=5.0):
         return f"{exc.__class__.__name__}"
 
 
+def tls_context(ca_file=None):
+    """A client context that verifies the certificate and the host name:
+    against the system's CAs, or only those of CA_FILE (PEM) when given."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def send_mail(settings, subject, text, timeout=10.0):
-    """Send one e-mail; None when accepted, else why not (no password in it)."""
+    """Send one e-mail; None when accepted, else why not (no password in it).
+    SETTINGS: host, port, tls (starttls, ssl or none), ca_file, username,
+    password, from_addr, to."""
     msg = EmailMessage()
     msg["Subject"] = subject
     msg["From"] = settings["from_addr"]
     msg["To"] = ", ".join(settings["to"])
     msg.set_content(text)
+    tls = settings.get("tls") or "starttls"
+    port = int(settings.get("port") or (465 if tls == "ssl" else 25))
+    where = f"{settings['host']}:{port}"
+    context = None
+    if tls != "none":
+        try:
+            context = tls_context(settings.get("ca_file"))
+        except (OSError, ssl.SSLError) as exc:
+            return (
+                f"cannot read the CA bundle {settings.get('ca_file')} ({getattr(exc, 'strerror', None) or exc}): "
+                "ca_file must be a PEM file of CA certificates on this host"
+            )
     try:
-        cls = smtplib.SMTP_SSL if settings.get("tls") == "ssl" else smtplib.SMTP
-        with cls(settings["host"], int(settings.get("port") or 25), timeout=timeout) as smtp:
-            if settings.get("tls", "starttls") == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+        if tls == "ssl":
+            smtp = smtplib.SMTP_SSL(settings["host"], port, timeout=timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(settings["host"], port, timeout=timeout)
+        with smtp:
+            if tls == "starttls":
+                smtp.starttls(context=context)
             if settings.get("username"):
                 smtp.login(settings["username"], settings.get("password") or "")
             smtp.send_message(msg)
         return None
+    except ssl.SSLCertVerificationError as exc:
+        trusted = f"the CAs of {settings['ca_file']}" if settings.get("ca_file") else "the system's CAs"
+        return (
+            f"the TLS certificate of {where} did not verify against {trusted} "
+            f"({exc.verify_message or exc.reason}): nothing was sent. Give the server a certificate for "
+            f"{settings['host']}, or set ca_file to the CA that signed it."
+        )
     except smtplib.SMTPAuthenticationError as exc:
         return f"the SMTP server refused the login ({exc.smtp_code})"
+    except smtplib.SMTPNotSupportedError:
+        return f"{where} does not offer STARTTLS: use tls: ssl (usually port 465), or none only for a local relay"
     except smtplib.SMTPException as exc:
         return f"SMTP error: {exc.__class__.__name__}"
-    except (OSError, ssl.SSLError) as exc:
-        return f"cannot reach {settings['host']}:{settings.get('port') or 25} ({exc.__class__.__name__})"
+    except ssl.SSLError as exc:
+        return f"TLS with {where} failed ({exc.reason or exc.__class__.__name__}): nothing was sent"
+    except OSError as exc:
+        return f"cannot reach {where} ({exc.__class__.__name__})"
 
 
 def notify(event, webhooks=(), email=None, timeout=5.0):

@@ -7,9 +7,16 @@ timer: standard library only, so it can be shipped to a server as is.
 
 A backup is ``{prefix}{dbname}-{YYYYmmddTHHMMSSZ}.{ext}`` (a file, or a
 directory for the directory format) with ``<that name>.sha256`` beside it
-in sha256sum format. It is written under a hidden temporary name, read back
-in full, fsynced, and only then renamed into place. Retention runs only
-after a new backup succeeded and never removes the newest one.
+in sha256sum format, whose first line (a ``#`` comment, which sha256sum -c
+skips) records when the backup was completed. It is written under a hidden
+temporary name, read back in full, fsynced, and only then renamed into
+place. Retention runs only after a new backup succeeded and never removes
+the newest one.
+
+Backups are ordered by the time they recorded (the name's time for one that
+recorded none). One dated more than FUTURE_TOLERANCE ahead of the clock (the
+clock jumped back, or a file copied in) is never the newest: retention keeps
+it without counting it, restores do not pick it, and it is reported.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ EXTENSIONS = {
 }
 EXT_RE = r"dump|dir|sql|sql\.gz|sql\.zst|sql\.lz4"
 STAMP = "%Y%m%dT%H%M%SZ"
+RECORDED = "%Y-%m-%dT%H:%M:%SZ"
+# The manifest's first line: a comment to sha256sum -c, the completion time to us.
+MANIFEST_HEADER = "# onebox-backup completed="
+# How far ahead of this server's clock a backup may be dated and still count.
+FUTURE_TOLERANCE = dt.timedelta(minutes=5)
 
 
 class BackupError(Exception):
@@ -123,13 +135,22 @@ def format_of(ext):
     return "plain"
 
 
-def list_backups(directory, prefix, dbname):
-    """Backups of this naming pattern in ``directory``, newest first.
+def utc_now():
+    return dt.datetime.now(dt.timezone.utc)
 
-    Each: name, path, time (aware UTC), format, verified (has its .sha256).
+
+def list_backups(directory, prefix, dbname, now=None):
+    """Backups of this naming pattern in ``directory``, newest first, and
+    after them those dated in the future (newest first too).
+
+    Each: name, path, time (aware UTC: when it recorded it was completed,
+    else the name's time), named (the name's time), recorded (whether its
+    manifest records the time), future (time more than FUTURE_TOLERANCE
+    after NOW, by default the clock), format, verified (has its .sha256).
     Files of any other name are never listed, so never touched.
     """
     pattern = backup_pattern(prefix, dbname)
+    limit = (now or utc_now()) + FUTURE_TOLERANCE
     found = []
     try:
         names = os.listdir(directory)
@@ -140,18 +161,39 @@ def list_backups(directory, prefix, dbname):
         m = pattern.match(name)
         if not m:
             continue
-        when = dt.datetime.strptime(m.group("ts"), STAMP).replace(tzinfo=dt.timezone.utc)
+        named = dt.datetime.strptime(m.group("ts"), STAMP).replace(tzinfo=dt.timezone.utc)
+        path = os.path.join(directory, name)
+        verified = f"{name}.sha256" in present
+        recorded = manifest_completed(path) if verified else None
+        when = recorded or named
         found.append(
             {
                 "name": name,
-                "path": os.path.join(directory, name),
+                "path": path,
                 "time": when,
+                "named": named,
+                "recorded": recorded is not None,
+                "future": when > limit,
                 "format": format_of(m.group("ext")),
-                "verified": f"{name}.sha256" in present,
+                "verified": verified,
             }
         )
-    found.sort(key=lambda b: (b["time"], b["name"]), reverse=True)
+    found.sort(key=lambda b: (not b["future"], b["time"], b["name"]), reverse=True)
     return found
+
+
+def future_warning(backups, now=None):
+    """What to tell about BACKUPS (list_backups) dated in the future: "" for none."""
+    future = [b for b in backups if b.get("future")]
+    if not future:
+        return ""
+    when = ", ".join(f"{b['name']} ({b['time'].strftime(RECORDED)})" for b in future)
+    return (
+        f"{len(future)} backup(s) dated more than {int(FUTURE_TOLERANCE.total_seconds() // 60)} minutes after this "
+        f"server's clock ({(now or utc_now()).strftime(RECORDED)}): {when}. The clock was ahead when they were "
+        "taken, or they were copied in. They are kept (never pruned) but never count as the newest backup, and "
+        "restores do not pick them. Check the clock (timedatectl), then move them away or restore one by its path."
+    )
 
 
 def bucket_keys():
@@ -170,12 +212,15 @@ def select_retention(backups, keep_last=0, keep_hourly=0, keep_daily=0, keep_wee
     newest backup of each of the N most recent hours/days/ISO weeks/months
     that have one. A backup kept by any rule is kept. The newest backup and
     the names in ``protect`` are always kept. With every rule at 0 nothing
-    is pruned. The result depends only on the names and times given.
+    is pruned. Backups flagged ``future`` (list_backups) are kept, after the
+    others, and take no part: none is the newest, none fills a rule's slot.
+    The result depends only on the names, times and flags given.
     """
-    ordered = sorted(backups, key=lambda b: (b["time"], b["name"]), reverse=True)
+    future = sorted((b for b in backups if b.get("future")), key=lambda b: (b["time"], b["name"]), reverse=True)
+    ordered = sorted((b for b in backups if not b.get("future")), key=lambda b: (b["time"], b["name"]), reverse=True)
     names = [b["name"] for b in ordered]
     if not ordered or not any((keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly)):
-        return names, []
+        return names + [b["name"] for b in future], []
     keep = set(names[: max(keep_last, 0)])
     keep.add(names[0])
     keep.update(n for n in protect if n in names)
@@ -195,7 +240,7 @@ def select_retention(backups, keep_last=0, keep_hourly=0, keep_daily=0, keep_wee
                 break
     kept = [n for n in names if n in keep]
     pruned = [n for n in names if n not in keep]
-    return kept, pruned
+    return kept + [b["name"] for b in future], pruned
 
 
 def remove_backup(directory, name):
@@ -263,13 +308,36 @@ def write_atomic(path, data, mode=0o600):
         raise
 
 
+def manifest_text(lines, completed):
+    """NAME.sha256: the completion time (a comment to sha256sum -c), then
+    LINES [(hash, relative name)] in sha256sum format."""
+    header = f"{MANIFEST_HEADER}{completed.astimezone(dt.timezone.utc).strftime(RECORDED)}\n"
+    return (header + "".join(f"{h}  {rel}\n" for h, rel in lines)).encode()
+
+
+def manifest_completed(path):
+    """When backup PATH recorded it was completed (aware UTC), from the first
+    line of its .sha256; None when it records none or cannot be read."""
+    try:
+        with open(f"{path}.sha256", encoding="utf-8") as fh:
+            first = fh.readline().strip()
+    except (OSError, ValueError):
+        return None
+    if not first.startswith(MANIFEST_HEADER):
+        return None
+    try:
+        return dt.datetime.strptime(first[len(MANIFEST_HEADER) :], RECORDED).replace(tzinfo=dt.timezone.utc)
+    except ValueError:
+        return None
+
+
 def read_manifest(path):
-    """Parse NAME.sha256 into [(hash, relative name)]."""
+    """Parse NAME.sha256 into [(hash, relative name)] (comment lines skipped, as sha256sum -c does)."""
     entries = []
     with open(path) as fh:
         for line in fh:
             line = line.rstrip("\n")
-            if not line:
+            if not line or line.startswith("#"):
                 continue
             m = re.match(r"^([0-9a-f]{64}) [ *](.+)$", line)
             if not m:
@@ -653,15 +721,18 @@ class Backup:
     def plan(self):
         """What a run would do now (for check mode): name and pruning."""
         self.validate()
-        name = self.name_at(self.now())
-        existing = [b for b in list_backups(self.dir, self.prefix, self.dbname) if b["verified"]]
-        fake = {"name": name, "time": self.now().replace(microsecond=0), "verified": True}
+        now = self.now()
+        name = self.name_at(now)
+        existing = [b for b in list_backups(self.dir, self.prefix, self.dbname, now) if b["verified"]]
+        fake = {"name": name, "time": now.replace(microsecond=0), "verified": True}
         kept, pruned = select_retention([fake, *existing], protect=(name,), **self.retention)
         return {
             "path": os.path.join(self.dir, name),
             "kept": kept,
             "pruned": pruned,
             "before": [b["name"] for b in existing],
+            "future": [b["name"] for b in existing if b["future"]],
+            "warning": future_warning(existing, now),
         }
 
     def run(self):
@@ -687,7 +758,8 @@ class Backup:
                 if self.globals_too:
                     self._dump_globals(f"{final}.globals.sql")
                     lines.append((sha256_file(f"{final}.globals.sql"), f"{name}.globals.sql"))
-                manifest = "".join(f"{h}  {rel}\n" for h, rel in lines).encode()
+                completed = self.now().replace(microsecond=0)
+                manifest = manifest_text(lines, completed)
                 os.replace(partial, final)
                 write_atomic(f"{final}.sha256", manifest)
                 fsync_dir(self.dir)
@@ -704,7 +776,8 @@ class Backup:
                 raise
             size = self._size(final)
             dump_seconds = round(time.monotonic() - t0, 3)
-            existing = [b for b in list_backups(self.dir, self.prefix, self.dbname) if b["verified"]]
+            now = self.now()
+            existing = [b for b in list_backups(self.dir, self.prefix, self.dbname, now) if b["verified"]]
             kept, pruned = select_retention(existing, protect=(name,), **self.retention)
             for old in pruned:
                 remove_backup(self.dir, old)
@@ -724,6 +797,9 @@ class Backup:
             "pruned": pruned,
             "removed_partials": removed,
             "time": when.strftime(STAMP),
+            "completed": completed.strftime(RECORDED),
+            "future": [b["name"] for b in existing if b["future"]],
+            "warning": future_warning(existing, now),
         }
 
     def _remove_leftovers(self):
@@ -894,10 +970,18 @@ def manifest_digest(path):
 # --- restore ----------------------------------------------------------------------
 
 
-def latest_backup(directory, prefix, dbname):
-    for b in list_backups(directory, prefix, dbname):
-        if b["verified"]:
+def latest_backup(directory, prefix, dbname, warn=None, now=None):
+    """The path of the newest verified backup, never one dated in the future
+    (those are told to WARN, a callable, when there are any)."""
+    backups = [b for b in list_backups(directory, prefix, dbname, now) if b["verified"]]
+    skew = future_warning(backups, now)
+    if warn and skew:
+        warn(skew)
+    for b in backups:
+        if not b["future"]:
             return b["path"]
+    if backups:
+        raise BackupError(f"no verified backup of {dbname} in {directory} that is not dated in the future. {skew}")
     raise BackupError(f"no verified backup of {dbname} in {directory} (names {prefix}{dbname}-YYYYmmddTHHMMSSZ.*)")
 
 

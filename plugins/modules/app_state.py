@@ -48,6 +48,8 @@ options:
     description:
       - Path of the release history (JSON lines) to return as RV(releases). A missing file is an empty
         history; a line that is not JSON fails the module, naming the line.
+      - A torn last line (no newline and not JSON, a write cut short) is left out with a warning; the next
+        M(onebox.platform.release_record) of a release keeps it aside and repairs the file.
     type: path
   maintenance_file:
     description:
@@ -195,7 +197,7 @@ def containers(module, names):
 
 def read_history(module, path):
     try:
-        return release_log.read_releases(path)
+        return release_log.read_releases(path, warn=module.warn)
     except release_log.ReleaseLogError as exc:
         module.fail_json(msg=str(exc))
 

@@ -25,6 +25,11 @@ description:
     backup of each of the last O(keep_hourly) hours, O(keep_daily) days, O(keep_weekly) ISO weeks and
     O(keep_monthly) months; it never removes the newest backup and only touches files of its own
     naming pattern that have a checksum. With every keep option at 0 nothing is pruned.
+  - Backups are ordered by the time each recorded when it was completed (the first line of its C(.sha256), a
+    comment to C(sha256sum -c)), or by the time in its name when it recorded none. A backup dated more than
+    5 minutes ahead of the clock (the clock was ahead, or a file copied in) never counts as the newest; retention
+    keeps it without counting it, M(onebox.platform.pg_restore) does not pick it, and a warning names it
+    (RV(future)).
   - The password reaches pg_dump in the environment (C(PGPASSWORD)), never on a command line.
 author:
   - onebox.platform developers (@onebox)
@@ -169,7 +174,7 @@ duration:
   returned: success
   type: float
 kept:
-  description: Backups kept, newest first.
+  description: Backups kept, newest first (those dated in the future, RV(future), last).
   returned: success
   type: list
   elements: str
@@ -178,6 +183,16 @@ pruned:
   returned: success
   type: list
   elements: str
+future:
+  description: Backups dated more than 5 minutes ahead of the clock, kept and reported (a warning says what to do).
+  returned: success
+  type: list
+  elements: str
+completed:
+  description: When the backup was completed (UTC), as its C(.sha256) records it.
+  returned: success, not in check mode
+  type: str
+  sample: "2026-11-23T10:15:07Z"
 removed_partials:
   description: Leftovers of killed runs that were removed.
   returned: success, not in check mode
@@ -208,17 +223,23 @@ def main():
         backup = backup_from_params(p)
         if module.check_mode:
             plan = backup.plan()
+            if plan["warning"]:
+                module.warn(plan["warning"])
             diff = dict(before=listing(plan["before"]), after=listing(plan["kept"]))
             module.exit_json(
                 changed=True,
                 path=plan["path"],
                 kept=plan["kept"],
                 pruned=plan["pruned"],
+                future=plan["future"],
                 duration=round(time.monotonic() - t0, 3),
                 diff=diff,
             )
         before = [b["name"] for b in list_backups(p["backup_dir"], p["name_prefix"], p["dbname"]) if b["verified"]]
         out = backup.run()
+        warning = out.pop("warning")
+        if warning:
+            module.warn(warning)
         module.exit_json(
             changed=True,
             diff=dict(before=listing(before), after=listing(out["kept"])),

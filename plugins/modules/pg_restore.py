@@ -28,7 +28,10 @@ options:
     description: The backup to restore. Exactly one of O(path) and O(backup_dir) is required.
     type: path
   backup_dir:
-    description: Restore the newest verified backup of O(dbname) found here.
+    description:
+      - Restore the newest verified backup of O(dbname) found here, by the time each recorded when it was completed.
+      - A backup dated more than 5 minutes ahead of the clock (the clock was ahead, or a file copied in) is never
+        picked; a warning names it. Restore it by O(path) if it is the one you want.
     type: path
   dbname:
     description: Database the backup was taken from (to find it in O(backup_dir)); the default O(target_db).
@@ -177,7 +180,7 @@ def main():
     runner = runner_from_params(p)
     t0 = time.monotonic()
     try:
-        path = p["path"] or latest_backup(p["backup_dir"], p["name_prefix"], p["dbname"])
+        path = p["path"] or latest_backup(p["backup_dir"], p["name_prefix"], p["dbname"], warn=module.warn)
         restore = Restore(
             runner,
             path,

@@ -45,10 +45,19 @@ options:
         type: int
         default: 587
       tls:
-        description: V(starttls) (port 587), V(ssl) (port 465) or V(none) (a relay on localhost).
+        description:
+          - V(starttls) (port 587), V(ssl) (port 465) or V(none) (a relay on localhost).
+          - With V(starttls) and V(ssl) the server's certificate and host name (O(email.host)) are verified, against
+            the system's CAs or O(email.ca_file); a certificate that does not verify sends nothing and is a warning
+            naming the server.
         type: str
         choices: [starttls, ssl, none]
         default: starttls
+      ca_file:
+        description:
+          - A PEM file of CA certificates, on the host the module runs on, to verify the SMTP server's certificate
+            with instead of the system's CAs (a private CA).
+        type: path
       username:
         description: Login, if the server wants one.
         type: str
@@ -138,6 +147,7 @@ def main():
                     host=dict(type="str"),
                     port=dict(type="int", default=587),
                     tls=dict(type="str", default="starttls", choices=["starttls", "ssl", "none"]),
+                    ca_file=dict(type="path"),
                     username=dict(type="str"),
                     password=dict(type="str", no_log=True),
                     from_addr=dict(type="str", default="onebox@localhost"),

@@ -16,6 +16,11 @@ description:
     second are two releases), with C(O_APPEND) and an fsync, so a crash never leaves half a line.
   - The same code (module_utils release_log) is what the app_state module and the on-server C(onebox)
     program read and write these files with.
+  - A torn last line of the history (no newline and not JSON, a write cut short) is kept aside in
+    C(<history>.torn-<UTC time>) and the history rewritten without it (a temporary file, fsync, rename) before
+    the release is appended; a warning names the file. A bad line that is not the last one is left alone.
+  - An O(actor) with a newline or another control character, or an O(action) that is not one word, fails the
+    module before anything is written. Control characters in O(detail) are written escaped (C(\x1b)).
 author:
   - onebox.platform developers (@onebox)
 options:
@@ -36,7 +41,7 @@ options:
     type: str
     default: ""
   actor:
-    description: Who did it (CI job, user).
+    description: Who did it (CI job, user); no newlines or control characters, and not C( by=).
     type: str
     default: ""
   maintenance_file:
@@ -104,6 +109,12 @@ def main():
     p = module.params
     result = dict(changed=p["release"] is not None or bool(p["action"]))
     diff = []
+    if p["action"]:
+        # Refused before anything is written (a newline in the actor would forge audit lines).
+        try:
+            release_log.audit_line(p["action"], p["detail"], p["actor"])
+        except release_log.ReleaseLogError as exc:
+            module.fail_json(msg=f"Cannot record {p['action']!r} in {p['audit_log']}: {exc} Nothing was changed.")
     try:
         if p["maintenance"] is not None:
             before = release_log.read_maintenance(p["maintenance_file"], None)
@@ -120,7 +131,7 @@ def main():
             release = dict(p["release"])
             release.setdefault("time", release_log.utc_stamp())
             if not module.check_mode:
-                release = release_log.append_release(p["history"], release)
+                release = release_log.append_release(p["history"], release, warn=module.warn)
             result["release"] = release
             diff.append(dict(before_header=p["history"], after_header=p["history"], before="", after=f"{release}\n"))
         if p["action"]:

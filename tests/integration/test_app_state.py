@@ -54,6 +54,11 @@ def write_history(tmp_path, lines):
     return str(path)
 
 
+def warnings(res):
+    """The module's warnings as text (ansible-core 2.19 returns each as an event)."""
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in res.get("warnings", [])]
+
+
 def test_reads_live_colour_containers_and_history(haproxy, app, tmp_path):
     history = write_history(
         tmp_path,
@@ -100,6 +105,19 @@ def test_a_damaged_history_line_fails_naming_it(haproxy, app, tmp_path):
     rc, res = state(haproxy, app, history=history)
     assert rc != 0 and res["failed"]
     assert "line 2 is not JSON" in res["msg"] and "nothing was changed" in res["msg"]
+
+
+def test_a_torn_last_line_is_a_warning_not_a_failure(haproxy, app, tmp_path):
+    history = tmp_path / "releases.jsonl"
+    history.write_text(json.dumps({"action": "deploy", "version": "v1"}) + '\n{"action": "deploy", "ver')
+    before = history.read_bytes()
+    rc, res = state(haproxy, app, history=str(history), action="deploy", version="v3")
+    assert rc == 0, res.get("msg", res)
+    assert [r["version"] for r in res["releases"]] == ["v1"]
+    assert res["release"]["version"] == "v3"
+    (warning,) = warnings(res)
+    assert "ends with a torn line" in warning and '\'{"action": "deploy", "ver\'' in warning
+    assert history.read_bytes() == before
 
 
 def test_an_unknown_backend_fails_clearly(haproxy, app):

@@ -85,6 +85,27 @@ def test_restore_drill_passes_then_catches_a_corrupted_backup(tmp_path, cluster,
     assert cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{appdb}_restore_drill'") == "0"
 
 
+def test_a_backup_dated_in_the_future_is_reported_kept_and_never_drilled(tmp_path, cluster, appdb):
+    cfg = config(tmp_path, cluster, appdb)
+    ahead = f"{appdb}-20990101T000000Z.dump"
+    (tmp_path / "b" / ahead).write_bytes(b"copied in")
+    digest = engine.sha256_file(str(tmp_path / "b" / ahead))
+    (tmp_path / "b" / f"{ahead}.sha256").write_text(f"{digest}  {ahead}\n")
+    for _i in range(3):
+        rc, out = run("backup", cfg)
+        assert rc == 0, out
+        assert f"WARNING: backups of {appdb} in {tmp_path / 'b'}: 1 backup(s) dated" in out
+        assert f"{ahead} (2099-01-01T00:00:00Z)" in out
+        time.sleep(1.1)
+    dumps = sorted(p for p in os.listdir(tmp_path / "b") if p.endswith(".dump"))
+    assert len(dumps) == 3 and ahead in dumps  # keep_last 2 of the real ones, and the one from the future
+    m = metrics(tmp_path / "m")
+    assert m["onebox_backup_future_dated"] == 1 and m["onebox_backup_kept"] == 3
+    rc, out = run("drill", cfg)
+    assert rc == 0, out
+    assert "WARNING: 1 backup(s) dated" in out and f"restore drill of {tmp_path / 'b' / dumps[-2]}" in out
+
+
 def test_drill_query_that_finds_nothing_fails_the_drill(tmp_path, cluster, appdb):
     cfg = config(tmp_path, cluster, appdb, drill_query="SELECT count(*) FROM items WHERE id < 0")
     assert run("backup", cfg)[0] == 0

@@ -75,6 +75,10 @@ def test_backup_and_restore_round_trip(cluster, appdb, tmp_path, fmt, compressio
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+    # Its first line (a comment to sha256sum) records when the backup was completed.
+    assert engine.manifest_completed(path) == dt.datetime.strptime(res["completed"], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=dt.timezone.utc
+    )
     # No leftovers: only the backup, its checksum and the lock file.
     assert entries(tmp_path) == sorted(
         [os.path.basename(path), os.path.basename(path) + ".sha256", ".onebox-backup.lock"]
@@ -378,6 +382,42 @@ def test_retention_prunes_only_its_own_files(cluster, appdb, tmp_path):
         assert name in left
     for name in olds[:3]:
         assert name not in left and name + ".sha256" not in left
+
+
+def warnings(res):
+    """The module's warnings as text (ansible-core 2.19 returns each as an event)."""
+    return [w["event"]["msg"] if isinstance(w, dict) else w for w in res.get("warnings", [])]
+
+
+def test_a_backup_dated_in_the_future_is_kept_but_never_the_newest(cluster, appdb, tmp_path):
+    """Taken while the clock was a year ahead: kept and reported, but it holds
+    no retention slot and no restore picks it."""
+    utc = dt.timezone.utc
+    now = dt.datetime.now(utc)
+    olds = [fake_backup(tmp_path, appdb, now - dt.timedelta(days=d)) for d in (3, 2, 1)]
+    ahead = fake_backup(tmp_path, appdb, now + dt.timedelta(days=365))
+    rc, res = run_module(
+        "pg_backup", cluster.conn_args(backup_dir=str(tmp_path), dbname=appdb, keep_last=2), check=True
+    )
+    assert rc == 0 and res["future"] == [ahead] and sorted(res["pruned"]) == sorted(olds[:2]), res
+    rc, res = backup(cluster, tmp_path, appdb, keep_last=2)
+    assert rc == 0, res.get("msg")
+    new = os.path.basename(res["path"])
+    assert res["kept"] == [new, olds[2], ahead] and sorted(res["pruned"]) == sorted(olds[:2])
+    assert res["future"] == [ahead]
+    (warning,) = warnings(res)
+    assert f"{ahead} (" in warning and "never count as the newest" in warning and "timedatectl" in warning
+    assert ahead in entries(tmp_path) and f"{ahead}.sha256" in entries(tmp_path)
+    # The restore takes the real newest backup, and says which one it passed over.
+    scratch = f"{appdb}_future"
+    rc, res = restore(cluster, backup_dir=str(tmp_path), dbname=appdb, target_db=scratch, create=True)
+    try:
+        assert rc == 0, res.get("msg")
+        assert res["path"] == os.path.join(str(tmp_path), new)
+        assert any(ahead in w for w in warnings(res))
+        assert counts(cluster.psql, scratch) == "2000/2"
+    finally:
+        cluster.psql(f"DROP DATABASE IF EXISTS {scratch}")
 
 
 def test_check_mode_lists_what_would_be_pruned(cluster, appdb, tmp_path):

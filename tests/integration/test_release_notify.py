@@ -4,9 +4,14 @@ what the module returns, and a notice that cannot go out never fails."""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import http.server
+import ipaddress
 import json
 import socketserver
+import ssl
+import sys
 import threading
 
 import pytest
@@ -17,6 +22,83 @@ class Inbox:
     def __init__(self):
         self.posts = []
         self.mails = []
+        self.errors = []
+
+
+class Smtp(socketserver.StreamRequestHandler):
+    """Just enough SMTP (RFC 5321) for smtplib: EHLO, STARTTLS (RFC 3207) when
+    the server has a TLS context, AUTH PLAIN, MAIL, RCPT, DATA, QUIT; with
+    ``implicit`` the whole session is TLS (port 465 style)."""
+
+    def reply(self, line):
+        self.connection.sendall((line + "\r\n").encode())
+
+    def setup(self):
+        if self.server.implicit:
+            self.request = self.server.tls.wrap_socket(self.request, server_side=True)
+        super().setup()
+
+    def handle(self):
+        box = self.server.box
+        self.reply("220 sink ESMTP")
+        data, in_data, auth, secure = [], False, None, self.server.implicit
+        while True:
+            raw = self.rfile.readline()
+            if not raw:
+                return
+            line = raw.decode().rstrip("\r\n")
+            if in_data:
+                if line == ".":
+                    box.mails.append({"auth": auth, "text": "\n".join(data), "tls": secure})
+                    in_data, data = False, []
+                    self.reply("250 queued")
+                else:
+                    data.append(line[1:] if line.startswith("..") else line)
+                continue
+            verb = line.split(" ", 1)[0].upper()
+            if verb == "EHLO":
+                caps = ["sink", "AUTH PLAIN"] + (["STARTTLS"] if self.server.tls and not secure else [])
+                for i, cap in enumerate(caps):
+                    self.reply(("250 " if i == len(caps) - 1 else "250-") + cap)
+            elif verb == "STARTTLS":
+                self.reply("220 go ahead")
+                self.connection = self.request = self.server.tls.wrap_socket(self.connection, server_side=True)
+                self.rfile = self.connection.makefile("rb")
+                secure = True
+            elif verb == "AUTH":
+                auth = base64.b64decode(line.split()[-1]).split(b"\0")[1:]
+                self.reply("535 bad login" if auth[1] == b"wrong" else "235 ok")
+            elif verb == "DATA":
+                in_data = True
+                self.reply("354 go on")
+            elif verb == "QUIT":
+                self.reply("221 bye")
+                return
+            else:
+                self.reply("250 ok")
+
+
+class SmtpSink(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+    def __init__(self, box, tls=None, implicit=False):
+        self.box, self.tls, self.implicit = box, tls, implicit
+        super().__init__(("127.0.0.1", 0), Smtp)
+
+    def handle_error(self, request, client_address):
+        # A handshake the client refused: recorded, not printed.
+        self.box.errors.append(sys.exc_info()[1])
+
+
+def serve(*servers):
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+
+def stop(*servers):
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture
@@ -34,52 +116,13 @@ def inbox():
         def log_message(self, *args):
             pass
 
-    class Smtp(socketserver.StreamRequestHandler):
-        """Just enough SMTP (RFC 5321) for smtplib: EHLO, AUTH PLAIN, MAIL, RCPT, DATA, QUIT."""
-
-        def reply(self, line):
-            self.wfile.write((line + "\r\n").encode())
-
-        def handle(self):
-            self.reply("220 sink ESMTP")
-            data, in_data, auth = [], False, None
-            for raw in self.rfile:
-                line = raw.decode().rstrip("\r\n")
-                if in_data:
-                    if line == ".":
-                        box.mails.append({"auth": auth, "text": "\n".join(data)})
-                        in_data, data = False, []
-                        self.reply("250 queued")
-                    else:
-                        data.append(line[1:] if line.startswith("..") else line)
-                    continue
-                verb = line.split(" ", 1)[0].upper()
-                if verb == "EHLO":
-                    self.wfile.write(b"250-sink\r\n250 AUTH PLAIN\r\n")
-                elif verb == "AUTH":
-                    import base64
-
-                    auth = base64.b64decode(line.split()[-1]).split(b"\0")[1:]
-                    self.reply("535 bad login" if auth[1] == b"wrong" else "235 ok")
-                elif verb == "DATA":
-                    in_data = True
-                    self.reply("354 go on")
-                elif verb == "QUIT":
-                    self.reply("221 bye")
-                    return
-                else:
-                    self.reply("250 ok")
-
     http_srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    smtp_srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Smtp)
-    for srv in (http_srv, smtp_srv):
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    smtp_srv = SmtpSink(box)
+    serve(http_srv, smtp_srv)
     box.hook = f"http://127.0.0.1:{http_srv.server_address[1]}"
     box.smtp_port = smtp_srv.server_address[1]
     yield box
-    for srv in (http_srv, smtp_srv):
-        srv.shutdown()
-        srv.server_close()
+    stop(http_srv, smtp_srv)
 
 
 EVENT = {
@@ -165,3 +208,150 @@ def test_an_unknown_outcome_is_refused(inbox):
     rc, res = run_module("release_notify", dict(event=dict(EVENT, outcome="great"), webhooks=[inbox.hook]))
     assert rc != 0 and "event.outcome must be one of" in res["msg"]
     assert inbox.posts == []
+
+
+# --- SMTP over TLS: a mail sink whose certificate only the test's own CA signed ----------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA made here (trusted by nothing on this machine) and a certificate it
+    signed for 127.0.0.1 (and no host name)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = tmp_path_factory.mktemp("pki")
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def cert(subject, key, issuer, issuer_key, extensions):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        )
+        for ext, critical in extensions:
+            builder = builder.add_extension(ext, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    usage = dict(content_commitment=False, data_encipherment=False, key_agreement=False, encipher_only=False)
+    ca = cert(
+        "onebox test CA",
+        ca_key,
+        "onebox test CA",
+        ca_key,
+        [
+            (x509.BasicConstraints(ca=True, path_length=0), True),
+            (
+                x509.KeyUsage(
+                    digital_signature=False,
+                    key_encipherment=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    decipher_only=False,
+                    **usage,
+                ),
+                True,
+            ),
+        ],
+    )
+    leaf = cert(
+        "mail sink",
+        key,
+        "onebox test CA",
+        ca_key,
+        [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_encipherment=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    decipher_only=False,
+                    **usage,
+                ),
+                True,
+            ),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False),
+        ],
+    )
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "sink.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    (d / "sink.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(d / "sink.pem", d / "sink.key")
+    return {"ca": str(d / "ca.pem"), "server": server}
+
+
+@pytest.fixture(params=["ssl", "starttls"])
+def tls_sink(request, pki):
+    box = Inbox()
+    srv = SmtpSink(box, tls=pki["server"], implicit=request.param == "ssl")
+    serve(srv)
+    box.tls, box.port, box.ca = request.param, srv.server_address[1], pki["ca"]
+    yield box
+    stop(srv)
+
+
+def mail_to(sink, **extra):
+    email = dict(
+        host="127.0.0.1",
+        port=sink.port,
+        tls=sink.tls,
+        username="deploy",
+        password="smtp-secret-tls-5",
+        from_addr="onebox@shop.test",
+        to=["ops@shop.test"],
+    )
+    rc, res = run_module("release_notify", dict(event=EVENT, email=dict(email, **extra)))
+    assert rc == 0, res
+    assert "smtp-secret-tls-5" not in json.dumps(res)
+    return res
+
+
+def test_mail_over_tls_is_refused_when_the_certificate_is_not_from_a_trusted_ca(tls_sink):
+    res = mail_to(tls_sink)
+    (failure,) = res["failed"]
+    assert failure.startswith(f"e-mail: the TLS certificate of 127.0.0.1:{tls_sink.port} did not verify against ")
+    assert "the system's CAs (unable to get local issuer certificate)" in failure, failure
+    assert "set ca_file to the CA that signed it" in failure
+    assert res["sent"] == [] and tls_sink.mails == []
+
+
+def test_mail_over_tls_is_accepted_with_the_ca_that_signed_the_certificate(tls_sink):
+    res = mail_to(tls_sink, ca_file=tls_sink.ca)
+    assert res["sent"] == ["e-mail"] and res["failed"] == [], res
+    (mail,) = tls_sink.mails
+    assert mail["tls"] is True and mail["auth"] == [b"deploy", b"smtp-secret-tls-5"]
+    assert "Subject: [onebox] shop v5 was switched back on web1" in mail["text"]
+
+
+def test_mail_over_tls_is_refused_for_a_host_name_the_certificate_does_not_name(tls_sink):
+    # localhost is this same loopback sink, but the certificate names 127.0.0.1 only.
+    res = mail_to(tls_sink, ca_file=tls_sink.ca, host="localhost")
+    (failure,) = res["failed"]
+    assert (
+        f"the TLS certificate of localhost:{tls_sink.port} did not verify against the CAs of {tls_sink.ca}" in failure
+    )
+    assert "(Hostname mismatch, certificate is not valid for 'localhost'.)" in failure, failure
+    assert "Give the server a certificate for localhost" in failure
+    assert tls_sink.mails == []
+
+
+def test_an_unreadable_ca_file_is_a_clear_warning(tls_sink, tmp_path):
+    res = mail_to(tls_sink, ca_file=str(tmp_path / "missing.pem"))
+    (failure,) = res["failed"]
+    assert failure.startswith(f"e-mail: cannot read the CA bundle {tmp_path / 'missing.pem'}")
+    assert tls_sink.mails == []

@@ -57,8 +57,20 @@ def settings():
 
 
 def actor():
-    who = os.environ.get("SUDO_USER") or os.environ.get("USER") or "root"
-    return f"{who}@{socket.gethostname()} (onebox)"
+    """Who runs this, for the audit log, history and lock: SUDO_USER's name
+    (USER, root) at this host. Refused, before anything is done, when it
+    holds a newline or another control character: it would forge audit lines."""
+    variable = "SUDO_USER" if os.environ.get("SUDO_USER") else "USER" if os.environ.get("USER") else ""
+    who = os.environ.get(variable) if variable else "root"
+    try:
+        return release_log.check_actor(f"{who}@{socket.gethostname()} (onebox)")
+    except release_log.ReleaseLogError as exc:
+        raise Refused(f"{variable or 'the user name'} is not a plain name: {exc} Nothing was changed.") from None
+
+
+def warn(message):
+    """A warning that does not stop the command (a torn history line)."""
+    print(f"onebox: warning: {message}", file=sys.stderr)
 
 
 def known_apps():
@@ -114,7 +126,7 @@ class App:
             colours,
             lambda: release_log.read_maintenance(self.maintenance_file, apps.COLOURS),
         )
-        state.update(servers=servers, colours=colours, history=release_log.read_releases(self.paths["releases"]))
+        state.update(servers=servers, colours=colours, history=release_log.read_releases(self.paths["releases"], warn))
         return state
 
     def lock(self, what):
@@ -257,7 +269,7 @@ def record_rollback(app, st, target, switch_ms, seconds, how):
             # What the playbooks record too: the image ID, and the registry
             # digest this version was deployed from (a later rollback pulls it).
             "digest": st["colours"][idle]["image_id"],
-            "repo_digest": releases.pinned_digest(release_log.read_releases(app.paths["releases"]), target),
+            "repo_digest": releases.pinned_digest(st["history"], target),
             "colour": idle,
             "previous_colour": st["live"],
             "previous_version": st["current_version"],
@@ -265,6 +277,7 @@ def record_rollback(app, st, target, switch_ms, seconds, how):
             "by": actor(),
             "via": "onebox",
         },
+        warn,
     )
     app.audit("rollback-ok", f"from={st['current_version']} to={target} colour={idle} switch_ms={switch_ms} via=onebox")
     print(
@@ -421,8 +434,10 @@ def main(argv=None):
     if os.geteuid() != 0:
         print("onebox: run it as root (sudo onebox ...).", file=sys.stderr)
         return 2
-    cfg = settings()
     try:
+        if args.command in ("rollback", "maintenance"):
+            actor()  # these write the audit log: a forged name stops them before the lock
+        cfg = settings()
         commands = {
             "status": cmd_status,
             "rollback": cmd_rollback,

@@ -14,7 +14,9 @@ With `offsite_target` set, each good backup (and any kept one still
 missing there) is then copied with rsync (over SSH for host:path targets);
 there, only what retention removed here is ever deleted.
 `drill` restores the newest backup into a scratch database, runs a check
-query and drops it. Both write Prometheus textfile metrics for
+query and drops it. A backup dated more than a few minutes ahead of the
+clock is never the newest: it is kept, never drilled, and reported (a
+WARNING line on stderr, the onebox_backup_future_dated metric). Both write Prometheus textfile metrics for
 node_exporter and keep counters in a state file. Exit 0 on success, 1 on a
 failed backup or drill, 2 on a bad configuration, 3 when the backup is
 good but the off-site copy failed.
@@ -81,6 +83,12 @@ METRICS = (
     ("onebox_backup_last_run_success", "gauge", "1 if the last backup run succeeded, else 0.", "last_run_ok"),
     ("onebox_backup_failures_total", "counter", "Failed backup runs.", "failures"),
     ("onebox_backup_kept", "gauge", "Backups kept after retention.", "kept"),
+    (
+        "onebox_backup_future_dated",
+        "gauge",
+        "Backups dated ahead of the server's clock (kept, never counted as the newest, never restored by default).",
+        "future_dated",
+    ),
     ("onebox_backup_restore_drill_success", "gauge", "1 if the last restore drill passed, else 0.", "drill_ok"),
     ("onebox_backup_restore_drill_timestamp_seconds", "gauge", "Unix time of the last restore drill.", "drill_time"),
     ("onebox_backup_max_age_seconds", "gauge", "Age beyond which the newest good backup is stale.", "max_age"),
@@ -132,6 +140,7 @@ def do_backup(cfg, job):
         last_run_ok=1,
         kept=len(out["kept"]),
         last_path=out["path"],
+        future_dated=len(out["future"]),
     )
     state.setdefault("failures", 0)
     save_state(state_path, state)
@@ -140,6 +149,8 @@ def do_backup(cfg, job):
         f"backup of {cfg['dbname']}: {out['path']} ({out['bytes']} bytes, {out['duration']} s, "
         f"sha256 {out['sha256'][:16]}...), kept {len(out['kept'])}, pruned {out['pruned'] or 'none'}"
     )
+    if out["warning"]:
+        print(f"WARNING: backups of {cfg['dbname']} in {job.dir}: {out['warning']}", file=sys.stderr)
     if not cfg.get("offsite_target"):
         return 0
     try:
@@ -218,7 +229,9 @@ def do_drill(cfg, job):
     run = job.runner
     ok = 0
     try:
-        path = engine.latest_backup(job.dir, job.prefix, job.dbname)
+        path = engine.latest_backup(
+            job.dir, job.prefix, job.dbname, warn=lambda text: print(f"WARNING: {text}", file=sys.stderr)
+        )
         run.psql_value(f"DROP DATABASE IF EXISTS {engine.quote_ident(scratch)}")
         out = engine.Restore(run, path, scratch, create=True, lock_dir=cfg["backup_dir"]).run()
         # Default: the restored copy answers. Set drill_query to check your data
