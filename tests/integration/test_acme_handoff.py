@@ -270,7 +270,9 @@ def test_a_lock_left_by_a_dead_run_here_fails_the_hook_at_once(tls_proxy, monkey
     tmp = tls_proxy["dir"]
     settings, cfg = hook_settings(tls_proxy, lock_wait=600)
     renewed(tls_proxy, "blog.test", "blog", monkeypatch)
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     os.makedirs(cfg["locks"][0])
     dead = {"owner": "onebox", "since": "2026-11-24T10:00:00+00:00", "controller": socket.gethostname()}
     dead.update(pid=int(ended.stdout), id="abc123", token="t")
