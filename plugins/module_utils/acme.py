@@ -93,9 +93,12 @@ def not_after(pem_path, run=subprocess.run):
     return int(when.replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
-def metrics(renew_ok, renew_time, expiries):
+def metrics(renew_ok, renew_time, expiries, reload_pending=False):
     """node_exporter textfile lines: the last renewal run's outcome and time,
-    and each served certificate's expiry (``expiries``: domain -> Unix time)."""
+    whether a reload of HAProxy is due and not done (a new certificate on
+    disk that HAProxy does not serve yet, because a deploy lock could not be
+    taken), and each served certificate's expiry (``expiries``: domain ->
+    Unix time)."""
     lines = [
         "# HELP onebox_acme_renew_success 1 when the last certificate renewal run succeeded, 0 when it failed.",
         "# TYPE onebox_acme_renew_success gauge",
@@ -103,6 +106,9 @@ def metrics(renew_ok, renew_time, expiries):
         "# HELP onebox_acme_renew_last_run_timestamp_seconds When the last renewal run ended.",
         "# TYPE onebox_acme_renew_last_run_timestamp_seconds gauge",
         f"onebox_acme_renew_last_run_timestamp_seconds {int(renew_time)}",
+        "# HELP onebox_acme_reload_pending 1 while a reload of HAProxy is due and not done (deploy lock held).",
+        "# TYPE onebox_acme_reload_pending gauge",
+        f"onebox_acme_reload_pending {1 if reload_pending else 0}",
         "# HELP onebox_acme_cert_not_after_seconds Expiry of the certificate HAProxy serves for the domain.",
         "# TYPE onebox_acme_cert_not_after_seconds gauge",
     ]

@@ -1,5 +1,7 @@
 """A new certificate handed to a real HAProxy over the Runtime API
-(module_utils/acme.py, the code of onebox-acme's deploy hook).
+(module_utils/acme.py, the code of onebox-acme's deploy hook), and the hook
+itself (roles/haproxy/files/onebox_acme.py), whose fallback reload happens
+only under every web app's deploy lock.
 
 HAProxy loads a folder of PEM files, as the haproxy role's `crt
 /etc/haproxy/certs/` does; a TLS client holds a keep-alive connection
@@ -9,16 +11,21 @@ Pebble runs in the Molecule deploy scenario (test_acme.py)."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
 from ansible_collections.onebox.platform.plugins.module_utils import acme
+from ansible_collections.onebox.platform.plugins.module_utils import deploy_lock as dl
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient
-from conftest import Backend, free_port
+from conftest import ROOT, Backend, free_port, run_program
+
+PROGRAM = os.path.join(ROOT, "roles", "haproxy", "files", "onebox_acme.py")
 
 CFG = """
 global
@@ -157,7 +164,139 @@ def test_bad_input_is_refused_before_haproxy_sees_it(tmp_path):
 
 
 def test_metrics_text():
-    text = acme.metrics(False, 1700000000, {"b.test": 1800000000, "a.test": 1750000000})
-    assert "onebox_acme_renew_success 0" in text
+    text = acme.metrics(False, 1700000000, {"b.test": 1800000000, "a.test": 1750000000}, reload_pending=True)
+    assert "onebox_acme_renew_success 0" in text and "onebox_acme_reload_pending 1" in text
     assert text.index('domain="a.test"') < text.index('domain="b.test"')
     assert "onebox_acme_renew_last_run_timestamp_seconds 1700000000" in text
+
+
+# --- onebox-acme hook: a reload only under the deploy locks ---------------------------
+
+
+def served_name(port, domain, ca_file):
+    """The CN of the certificate HAProxy answers DOMAIN with (its default one
+    when it has none for DOMAIN)."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    ctx.check_hostname = False
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname=domain) as tls:
+        return dict(pair[0] for pair in tls.getpeercert()["subject"])["commonName"]
+
+
+def haproxy_pid(tmp):
+    with open(tmp / "haproxy.pid") as fh:
+        return int(fh.read().split()[0])
+
+
+def hook_settings(tls_proxy, lock_wait):
+    """onebox-acme's settings as acme.yml writes them, in the test's folder,
+    for two web apps; the reload is a real one of the test's HAProxy (-sf)."""
+    tmp = tls_proxy["dir"]
+    (tmp / "prom").mkdir(exist_ok=True)
+    cfg = {
+        "domains": ["shop.test", "blog.test"],
+        "certs_dir": str(tmp / "certs"),
+        "haproxy_socket": tls_proxy["socket"],
+        "textfile_dir": str(tmp / "prom"),
+        "haproxy_state_file": str(tmp / "server-state"),
+        "reload_marker": str(tmp / "reload-due"),
+        "lock_wait": lock_wait,
+        "locks": [str(tmp / "onebox" / app / "deploy.lock") for app in ("shop", "blog")],
+        "state_file": str(tmp / "acme-renew.json"),
+        "reload_command": ["sh", "-c", f"haproxy -f {tmp}/haproxy.cfg -D -sf $(cat {tmp}/haproxy.pid)"],
+    }
+    path = tmp / "acme.json"
+    path.write_text(json.dumps(cfg))
+    return path, cfg
+
+
+def renewed(tls_proxy, domain, tag, monkeypatch):
+    """certbot's live folder for DOMAIN with a new certificate, named to the hook as certbot does."""
+    tmp = tls_proxy["dir"]
+    chain, key = issue(tmp, tls_proxy["ca"], domain, 90, tag)
+    lineage = tmp / "live" / domain
+    lineage.mkdir(parents=True)
+    (lineage / "fullchain.pem").write_text(chain)
+    (lineage / "privkey.pem").write_text(key)
+    monkeypatch.setenv("RENEWED_LINEAGE", str(lineage))
+
+
+def metrics(tmp):
+    text = (tmp / "prom" / "onebox_acme.prom").read_text()
+    return dict(
+        line.split(" ", 1)
+        for line in text.splitlines()
+        if line.startswith("onebox_acme_renew_success") or line.startswith("onebox_acme_reload_pending")
+    )
+
+
+def test_the_hook_does_not_reload_while_a_deploy_holds_a_lock(tls_proxy, monkeypatch):
+    tmp, port, ca_file = tls_proxy["dir"], tls_proxy["port"], str(tls_proxy["ca"][1])
+    settings, cfg = hook_settings(tls_proxy, lock_wait=1)
+    # blog.test is new: HAProxy never loaded its file, so only a reload serves it.
+    renewed(tls_proxy, "blog.test", "blog", monkeypatch)
+    # A deploy of blog runs (this very process: alive, on this machine).
+    deploy, _w, _b = dl.acquire(
+        cfg["locks"][1], "alice", version="v9", controller=socket.gethostname(), pid=os.getpid()
+    )
+    before = haproxy_pid(tmp)
+
+    rc, out = run_program(PROGRAM, "--config", str(settings), "hook")
+    assert rc == 1, out
+    assert "blog.test" in out and "NOT reloaded" in out and "held by alice" in out and "onebox-acme reload" in out
+    assert haproxy_pid(tmp) == before, "HAProxy was reloaded under a deploy"
+    assert served_name(port, "blog.test", ca_file) == "shop.test"
+    # The new certificate waits on disk; the reload is due; monitoring sees it; the deploy's lock is intact.
+    assert (tmp / "certs" / "blog.test.pem").exists() and os.path.exists(cfg["reload_marker"])
+    assert metrics(tmp) == {"onebox_acme_renew_success": "0", "onebox_acme_reload_pending": "1"}
+    assert "held by alice" in json.loads((tmp / "acme-renew.json").read_text())["detail"]
+    assert dl.read_holder(cfg["locks"][1])["token"] == deploy["token"]
+    assert not os.path.exists(cfg["locks"][0]), "the lock it took first was not released"
+
+    # The deploy ends; the reload left due is done under the locks.
+    dl.release(cfg["locks"][1], deploy["token"])
+    rc, out = run_program(PROGRAM, "--config", str(settings), "reload")
+    assert rc == 0, out
+    assert haproxy_pid(tmp) != before
+    assert served_name(port, "blog.test", ca_file) == "blog.test"
+    assert not os.path.exists(cfg["reload_marker"])
+    assert metrics(tmp) == {"onebox_acme_renew_success": "1", "onebox_acme_reload_pending": "0"}
+    # The live colours were saved for the new process first; no lock is left behind.
+    assert "app" in (tmp / "server-state").read_text()
+    assert not any(os.path.exists(path) for path in cfg["locks"])
+
+
+def test_a_lock_left_by_a_dead_run_here_fails_the_hook_at_once(tls_proxy, monkeypatch):
+    tmp = tls_proxy["dir"]
+    settings, cfg = hook_settings(tls_proxy, lock_wait=600)
+    renewed(tls_proxy, "blog.test", "blog", monkeypatch)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    os.makedirs(cfg["locks"][0])
+    dead = {"owner": "onebox", "since": "2026-11-24T10:00:00+00:00", "controller": socket.gethostname()}
+    dead.update(pid=int(ended.stdout), id="abc123", token="t")
+    with open(os.path.join(cfg["locks"][0], "holder.json"), "w") as fh:
+        json.dump(dead, fh)
+    before = haproxy_pid(tmp)
+
+    rc, out = run_program(PROGRAM, "--config", str(settings), "hook")
+    assert rc == 1 and "has ended" in out and "waited 0 s" in out and "NOT reloaded" in out, out
+    assert haproxy_pid(tmp) == before
+    assert dl.read_holder(cfg["locks"][0])["id"] == "abc123", "the hook broke a lock unasked"
+    assert os.path.exists(cfg["reload_marker"])
+
+
+def test_a_swap_over_the_runtime_api_needs_no_lock(tls_proxy, monkeypatch):
+    tmp, port, ca_file = tls_proxy["dir"], tls_proxy["port"], str(tls_proxy["ca"][1])
+    settings, cfg = hook_settings(tls_proxy, lock_wait=1)
+    before_cert = served(port, "shop.test", ca_file)
+    renewed(tls_proxy, "shop.test", "shop-new", monkeypatch)
+    deploy, _w, _b = dl.acquire(cfg["locks"][0], "alice", controller=socket.gethostname(), pid=os.getpid())
+    before = haproxy_pid(tmp)
+    rc, out = run_program(PROGRAM, "--config", str(settings), "hook")
+    assert rc == 0 and "HAProxy serves the new certificate" in out, out
+    assert served(port, "shop.test", ca_file)["serialNumber"] != before_cert["serialNumber"]
+    assert haproxy_pid(tmp) == before and not os.path.exists(cfg["reload_marker"])
+    assert metrics(tmp) == {"onebox_acme_renew_success": "1", "onebox_acme_reload_pending": "0"}
+    assert dl.read_holder(cfg["locks"][0])["token"] == deploy["token"]
