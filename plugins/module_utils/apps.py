@@ -97,8 +97,11 @@ DEFAULTS = {
     # The password of the app's own login role (Vault); "" generates one on
     # the server once and keeps it there (0600).
     "database_password": "",
-    # A Redis of the app's own (a password, on its network only), reached as
-    # REDIS_URL. The old single-app variables: postgres_redis_enabled.
+    # true: a Redis of the app's own (on its network only), reached as
+    # REDIS_URL with a user and password of its own; the name of another app
+    # with redis: true: that app's Redis, with a user of its own (a worker
+    # sharing its web app's queues). The old single-app variables:
+    # postgres_redis_enabled.
     "redis": False,
     "redis_password": "",
 }
@@ -161,7 +164,7 @@ def derive(app, shared_postgres=SHARED_POSTGRES, redis_container=None):
     # Docker volume name -> path in the container.
     out["volumes"] = {volume_name(name, v): path for v, path in sorted((app.get("volumes") or {}).items())}
     out["database"] = database_names(app, shared_postgres) if app.get("database") else None
-    out["redis"] = redis_names(name, redis_container) if app.get("redis") else None
+    out["redis"] = redis_names(name, app.get("redis"), redis_container) if app.get("redis") else None
     return out
 
 
@@ -187,17 +190,21 @@ def database_names(app, shared_postgres=SHARED_POSTGRES):
     }
 
 
-def redis_names(name, container=None):
-    """App NAME's own Redis: container, data volume, its configuration
-    directory (the file holds the password: 0600) and the ACL user."""
-    container = container or f"{name}-redis"
+def redis_names(name, redis=True, container=None):
+    """App NAME's Redis: its own (REDIS true) or the one of the app REDIS
+    names. The server (container, data volume, configuration directory: the
+    owner's) and NAME's own ACL user on it, whose password is in its own
+    root-only file."""
+    owner = name if redis is True else redis
+    container = container or f"{owner}-redis"
     return {
+        "owner": owner,
         "container": container,
         "volume": f"{container}-data",
         "host": "redis",
+        "config_dir": f"{CONFIG_ROOT}/{owner}/redis",
         "user": name,
-        "config_dir": f"{CONFIG_ROOT}/{name}/redis",
-        "password_file": f"{CONFIG_ROOT}/{name}/redis/password",
+        "password_file": f"{CONFIG_ROOT}/{name}/redis.password",
         "url_env": "REDIS_URL",
     }
 
@@ -263,7 +270,7 @@ def data_stores(apps, secrets=True):
     Redis. Holds the passwords the model gives (database_password,
     redis_password; "" when one is to be generated): keep it out of output,
     or leave them out (SECRETS=False)."""
-    shared, own, databases, redis = [], {}, {}, []
+    shared, own, databases, redis = [], {}, {}, {}
     for app in apps:
         derived = app.get("derived") or {}
         db = derived.get("database")
@@ -282,16 +289,26 @@ def data_stores(apps, secrets=True):
             entry["apps"].append(app["name"])
             entry["password"] = entry["password"] or app.get("database_password") or ""
         if derived.get("redis"):
-            redis.append(dict(derived["redis"], app=app["name"], network=derived["network"],
-                              password=app.get("redis_password") or ""))  # fmt: skip
+            r = derived["redis"]
+            # The owner's user also stands for the server (BGSAVE for the off-site copy).
+            server = redis.setdefault(
+                r["container"],
+                dict({k: r[k] for k in ("owner", "container", "volume", "config_dir")}, networks=[], users=[]),
+            )
+            if r["user"] == r["owner"]:
+                server.update(app=r["owner"], user=r["user"], password_file=r["password_file"])
+            server["networks"].append(derived["network"])
+            server["users"].append(
+                {"user": r["user"], "password_file": r["password_file"], "password": app.get("redis_password") or ""}
+            )
     out = {
         "shared_networks": sorted(set(shared)),
         "own": [dict(v, networks=sorted(set(v["networks"]))) for _k, v in sorted(own.items())],
         "databases": [databases[k] for k in sorted(databases)],
-        "redis": redis,
+        "redis": [dict(v, networks=sorted(set(v["networks"]))) for _k, v in sorted(redis.items())],
     }
     if not secrets:
-        for entry in out["databases"] + out["redis"]:
+        for entry in out["databases"] + [u for r in out["redis"] for u in r["users"]]:
             entry.pop("password")
     return out
 
@@ -454,8 +471,10 @@ def _data_stores(app, where, errors):
             errors.append(f"{where}: {key} must be a string (keep it in Vault)")
         elif app[key] and len(app[key]) < 12:
             errors.append(f"{where}: {key} must be 12 characters or more (or empty: one is generated on the server)")
-    if not isinstance(app["redis"], bool):
-        errors.append(f"{where}: redis must be true or false, not {app['redis']!r}")
+    if not isinstance(app["redis"], (bool, str)) or (isinstance(app["redis"], str) and not NAME.match(app["redis"])):
+        errors.append(
+            f"{where}: redis must be true, false or the name of the app whose Redis it uses, not {app['redis']!r}"
+        )
 
 
 def rollout_steps(steps):
@@ -547,12 +566,25 @@ def normalize(apps, reserved_ports=(), need_image=True, settings=None):
                 )
             seen_ports[port] = f"'{name}' ({colour})"
     _shared_stores(out, settings, errors)
+    _shared_redis(out, errors)
     if errors:
         raise ModelError("\n".join(errors))
     legacy_redis = settings.get("redis_container") if len(out) == 1 else None
     for app in out:
         app["derived"] = derive(app, settings["shared_postgres"], legacy_redis)
     return out
+
+
+def _shared_redis(apps, errors):
+    """redis: NAME must name another app of the model with a Redis of its own."""
+    own = {a["name"] for a in apps if a.get("redis") is True}
+    for app in apps:
+        ref = app.get("redis")
+        if isinstance(ref, str) and (ref == app["name"] or ref not in own):
+            errors.append(
+                f"app '{app['name']}': redis: {ref} must name another app with redis: true (whose Redis it shares); "
+                f"apps with one: {', '.join(sorted(own)) or 'none'}"
+            )
 
 
 def _shared_stores(apps, settings, errors):

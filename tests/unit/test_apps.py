@@ -181,7 +181,7 @@ def test_databases_are_named_in_one_place_shared_or_own():
         [
             web("shop", "shop.example.com", database="shop", redis=True),
             web("blog", "blog.example.com", database="blog", database_container="blog-postgres"),
-            worker("mailer", database="shop"),
+            worker("mailer", database="shop", redis="shop"),
             worker("cron"),
         ],
         settings=model.settings_of({}),
@@ -197,6 +197,20 @@ def test_databases_are_named_in_one_place_shared_or_own():
     assert mailer["database"]["role"] == "shop" and mailer["database"]["container"] == "app-postgres"
     assert cron["database"] is None and cron["redis"] is None and blog["redis"] is None
     assert shop["redis"]["container"] == "shop-redis" and shop["redis"]["user"] == "shop"
+    # The worker shares the shop's Redis (its queues) with a user of its own.
+    assert mailer["redis"]["container"] == "shop-redis" and mailer["redis"]["user"] == "mailer"
+    assert mailer["redis"]["password_file"] == "/etc/onebox/mailer/redis.password"
+    stores = model.data_stores(apps, secrets=False)
+    (server,) = stores["redis"]
+    assert server["networks"] == ["onebox_mailer", "onebox_shop"] and server["owner"] == "shop"
+    assert [u["user"] for u in server["users"]] == ["shop", "mailer"] and "password" not in server["users"][0]
+    (shop_db, _blog_db) = sorted(stores["databases"], key=lambda d: d["name"], reverse=True)
+    assert shop_db["apps"] == ["shop", "mailer"] and shop_db["job"] == "shop"
+    assert stores["shared_networks"] == ["onebox_mailer", "onebox_shop"]
+    assert stores["own"] == [
+        {"container": "blog-postgres", "volume": "blog-postgres-data",
+         "env_file": "/etc/onebox/postgres/blog-postgres.env", "networks": ["onebox_blog"]}
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -210,7 +224,8 @@ def test_databases_are_named_in_one_place_shared_or_own():
         ),
         ([web("a", "a.example.com", database="x", database_container="a-blue")], "is the name of a container of 'a'"),
         ([web("a", "a.example.com", database_password="short")], "database_password must be 12 characters"),
-        ([web("a", "a.example.com", redis="yes")], "redis must be true or false"),
+        ([web("a", "a.example.com", redis=1)], "redis must be true, false or the name of the app"),
+        ([web("a", "a.example.com"), worker("w", redis="a")], "redis: a must name another app with redis: true"),
     ],
 )
 def test_bad_data_stores_are_refused(apps, message):
@@ -224,7 +239,7 @@ def test_the_env_file_gets_the_apps_own_urls():
     (app,) = model.normalize([web("shop", "shop.example.com", database="shop", redis=True, secret_env=old)])
     creds = {
         "/etc/onebox/postgres/shop.password": "p@ss/word:1234\n",
-        "/etc/onebox/shop/redis/password": "r-pass-1234567",
+        "/etc/onebox/shop/redis.password": "r-pass-1234567",
     }
     env, warnings = model.environment(app, creds)
     assert env["DATABASE_URL"] == "postgres://shop:p%40ss%2Fword%3A1234@postgres:5432/shop"
