@@ -85,6 +85,18 @@ def test_restore_drill_passes_then_catches_a_corrupted_backup(tmp_path, cluster,
     assert cluster.psql(f"SELECT count(*) FROM pg_database WHERE datname = '{appdb}_restore_drill'") == "0"
 
 
+def test_the_drills_scratch_copy_is_closed_to_other_apps(tmp_path, cluster, appdb):
+    """The scratch database holds the app's data while the drill runs: no
+    role but the superuser's may connect to it (CONNECT not PUBLIC's)."""
+    cfg = config(tmp_path, cluster, appdb)
+    job = json.loads(cfg.read_text())
+    job["drill_query"] = "SELECT NOT has_database_privilege('public', current_database(), 'CONNECT')"
+    cfg.write_text(json.dumps(job))
+    assert run("backup", cfg)[0] == 0
+    rc, out = run("drill", cfg)
+    assert rc == 0 and "check query: t" in out, out
+
+
 def test_a_backup_dated_in_the_future_is_reported_kept_and_never_drilled(tmp_path, cluster, appdb):
     cfg = config(tmp_path, cluster, appdb)
     ahead = f"{appdb}-20990101T000000Z.dump"

@@ -233,7 +233,11 @@ def do_drill(cfg, job):
             job.dir, job.prefix, job.dbname, warn=lambda text: print(f"WARNING: {text}", file=sys.stderr)
         )
         run.psql_value(f"DROP DATABASE IF EXISTS {engine.quote_ident(scratch)}")
-        out = engine.Restore(run, path, scratch, create=True, lock_dir=cfg["backup_dir"]).run()
+        # The scratch copy holds the app's data: closed to every app's role
+        # (CONNECT not PUBLIC's) before anything is restored into it.
+        run.psql_value(f"CREATE DATABASE {engine.quote_ident(scratch)}")
+        run.psql_value(f"REVOKE CONNECT, TEMPORARY ON DATABASE {engine.quote_ident(scratch)} FROM PUBLIC")
+        out = engine.Restore(run, path, scratch, create=False, lock_dir=cfg["backup_dir"]).run()
         # Default: the restored copy answers. Set drill_query to check your data
         # (e.g. "SELECT count(*) > 0 FROM orders"); 0, f or nothing fails the drill.
         check = cfg.get("drill_query") or "SELECT 1"
