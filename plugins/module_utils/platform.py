@@ -66,13 +66,14 @@ def summary(apps, switches, settings):
     lines, warnings = [], []
 
     def say(name, on, text, fix=""):
-        lines.append(f"{name:<13} {'on ' if on else 'OFF'}  {text}")
+        lines.append(f"{name:<14} {'on ' if on else 'OFF'}  {text}")
         if not on:
             warnings.append(f"{name} is off: {text}. {fix}".strip())
 
-    with_db = [a["name"] for a in apps if a.get("database")]
+    # Databases, not apps: a web app and its workers share one (and one job).
+    with_db = list(dict.fromkeys(a["database"] for a in apps if a.get("database")))
     if not with_db:
-        lines.append(f"{'backups':<13} -    no app has a database")
+        lines.append(f"{'backups':<14} -    no app has a database")
     else:
         say(
             "backups",
@@ -85,7 +86,7 @@ def summary(apps, switches, settings):
     if with_db:
         pitr = _bool(settings.get("postgres_pitr_enabled"))
         lines.append(
-            f"{'point in time':<13} {'on ' if pitr else 'off'}  "
+            f"{'point in time':<14} {'on ' if pitr else 'off'}  "
             + (
                 "WAL archived with pgBackRest: a restore to any second"
                 if pitr
