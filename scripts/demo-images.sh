@@ -7,7 +7,10 @@
 #   local/demo:v5      /health fine, but / answers 500 to every 5th request
 #                      and the API route /cgi-bin/api always (a broken page)
 #   local/demo:v6      /health fine, but / answers after 0.4 s (a slow release)
-#   Each also runs as a worker with command /worker.sh (jobs, graceful stop).
+#   Each also runs as a worker with command /worker.sh, or bin/jobs and
+#   bin/scheduler as an app's image has them (jobs, graceful stop), and
+#   has bin/rails db:migrate (a migration that says so and succeeds).
+#   Healthy: /health answers, or, run as a worker, it takes jobs.
 # Each is also saved to .cache/images/demo-vN.tar for `docker load` on a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +19,7 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
-REV=6
+REV=7
 for v in v1 v2 v3 v4 v5 v6; do
   tar=.cache/images/demo-$v.tar
   # REV: bump when the image changes, so an older build is replaced.
@@ -26,7 +29,7 @@ for v in v1 v2 v3 v4 v5 v6; do
   chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
   cp "$BUSYBOX" "$root/bin/busybox"
-  for a in sh httpd wget sleep rm cat echo date printf tr cut sha1sum xxd base64 touch kill; do ln -s busybox "$root/bin/$a"; done
+  for a in sh httpd wget sleep rm cat echo date printf tr cut sha1sum xxd base64 touch kill test nc; do ln -s busybox "$root/bin/$a"; done
   case $v in
     v5)
       # / through a CGI (busybox httpd runs cgi-bin/index.cgi when there is no index.html).
@@ -137,8 +140,19 @@ done
 echo "worker $v stopped after job \$n \$(date +%s)"
 WORKER
   chmod +x "$root/worker.sh"
+  # What an app's image has: its workers and its migration under bin/ (the
+  # working directory is /, so `bin/jobs` is /bin/jobs).
+  printf '#!/bin/sh\nexec /worker.sh "$@"\n' >"$root/bin/jobs"
+  printf '#!/bin/sh\necho "scheduler %s"\nexec /worker.sh "$@"\n' "$v" >"$root/bin/scheduler"
+  cat >"$root/bin/rails" <<RAILS
+#!/bin/sh
+# bin/rails db:migrate: the release's migration (it only says so here).
+[ "\$1" = db:migrate ] || { echo "bin/rails: only db:migrate here" >&2; exit 2; }
+echo "migrated to $v"
+RAILS
+  chmod +x "$root/bin/jobs" "$root/bin/scheduler" "$root/bin/rails"
   changes=(--change 'CMD ["/start.sh"]' --change 'EXPOSE 8080' --change "LABEL onebox_demo_rev=$REV"
-    --change 'HEALTHCHECK --interval=2s --timeout=2s --retries=2 CMD wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1')
+    --change 'HEALTHCHECK --interval=2s --timeout=2s --retries=2 CMD test -f /tmp/worker-ready || wget -q -O /dev/null http://127.0.0.1:8080/health || exit 1')
   [ "$v" = v4 ] && changes+=(--change 'ENV DEMO_FAIL_AFTER=15')
   tar -C "$root" -c . | docker import "${changes[@]}" - "local/demo:$v" >/dev/null
   rm -rf "$root"
