@@ -9,6 +9,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -55,18 +57,18 @@ def ansible_env(**extra):
     return env
 
 
-def playbook_argv(playbook, *args):
-    """ansible-playbook on the scenario's inventory; PLAYBOOK is a path, or a
-    name under playbooks/."""
-    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+def playbook_argv(playbook, *args, inventory=None):
+    """ansible-playbook on the scenario's inventory (or INVENTORY); PLAYBOOK
+    is a path, or a name under playbooks/."""
+    inventory = inventory or os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     path = playbook if os.path.isabs(playbook) else f"{PROJECT}/playbooks/{playbook}"
     return ["ansible-playbook", "-i", inventory, path, *args]
 
 
-def run_playbook(playbook, *args, timeout=900, **env):
+def run_playbook(playbook, *args, timeout=900, inventory=None, **env):
     """Run it to the end; returns the CompletedProcess (never raises on failure)."""
     return subprocess.run(
-        playbook_argv(playbook, *args),
+        playbook_argv(playbook, *args, inventory=inventory),
         env=ansible_env(**env),
         cwd=PROJECT,
         capture_output=True,
@@ -94,8 +96,43 @@ def record_json(path, key, value):
         json.dump(data, fh, indent=1, sort_keys=True)
 
 
+class _SniConnection(http.client.HTTPSConnection):
+    """HTTPS to ADDRESS with the TLS server name (SNI) and Host of a domain,
+    as a browser sends them once DNS points the domain at the server."""
+
+    def __init__(self, address, domain, port=443, timeout=5, context=None):
+        super().__init__(domain, port, timeout=timeout, context=context)
+        self.address = address
+
+    def connect(self):
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+# The test servers' certificates come from test CAs (Pebble's root changes at
+# every start): the load checks answers, test_tls_acme-like tests check chains.
+UNVERIFIED = ssl._create_unverified_context()
+
+
 def get_json(base_url, host_header, path="/", timeout=5):
-    """GET through HAProxy with a Host header: (status, JSON body)."""
+    """GET through HAProxy with a Host header: (status, JSON body). An
+    https:// BASE_URL connects to its address with HOST_HEADER as the TLS
+    server name too. A status of 400 or more raises urllib's HTTPError."""
+    if base_url.startswith("https://"):
+        address = base_url[len("https://") :].split("/")[0]
+        port = 443
+        if ":" in address:
+            address, port = address.rsplit(":", 1)
+        conn = _SniConnection(address, host_header, int(port), timeout=timeout, context=UNVERIFIED)
+        try:
+            conn.request("GET", path, headers={"Host": host_header})
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status >= 400:
+                raise urllib.error.HTTPError(base_url + path, resp.status, resp.reason, resp.headers, None)
+            return resp.status, json.loads(body)
+        finally:
+            conn.close()
     req = urllib.request.Request(base_url + path, headers={"Host": host_header})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.status, json.loads(resp.read())
@@ -164,3 +201,21 @@ class Load:
     @property
     def total(self):
         return self.ok + self.failed
+
+
+def start_receiver(target, container, fresh=False):
+    """receiver.py (Slack, webhook and SMTP stand-ins) running on CONTAINER as
+    the unit onebox-test-receiver, listening on 127.0.0.1:9099 and :2525;
+    FRESH: restarted with no message kept. A receiver already up is kept."""
+    if fresh:
+        target.run("systemctl stop onebox-test-receiver")
+        target.check_output("rm -rf /var/tmp/receiver")
+    elif target.run("ss -ltn | grep -q 127.0.0.1:9099").rc == 0:
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run(["docker", "cp", os.path.join(here, "receiver.py"), f"{container}:/var/tmp/"], check=True)
+    target.run("systemctl reset-failed onebox-test-receiver")
+    target.check_output("systemd-run --unit onebox-test-receiver python3 /var/tmp/receiver.py")
+    deadline = time.monotonic() + 20
+    while target.run("ss -ltn | grep -q 127.0.0.1:9099").rc and time.monotonic() < deadline:
+        time.sleep(0.5)

@@ -30,7 +30,9 @@ from onebox_molecule import Load as SharedLoad
 
 HOST = "demo.test"
 # site.yml's HAProxy part alone, for the tests that change an HAProxy setting.
-HAPROXY_PLAY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "haproxy.yml")
+HAPROXY_PLAY = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared", "haproxy.yml"
+)
 RESULTS = os.path.join(PROJECT, "tests", "output", "deploy-load.json")
 
 

@@ -4,7 +4,7 @@ Prometheus, Alertmanager, node_exporter and postgres_exporter run for real
 (Debian's packages). Grafana, Loki, Alloy and cAdvisor cannot run on these
 machines (no package, no pullable image): the role writes their files and
 tests/unit/test_monitoring_config.py checks them for structure only.
-Alerts go to a local receiver (alert_receiver.py) standing in for Slack,
+Alerts go to a local receiver (molecule/shared/receiver.py) standing in for Slack,
 a webhook and an SMTP server.
 """
 
@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from datetime import datetime, timezone
 from urllib.parse import quote
 
 import pytest
 from conftest import TARGET
-from onebox_molecule import PROJECT, record_json
+from onebox_molecule import PROJECT, record_json, start_receiver
 from onebox_molecule import host as onebox_host
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(PROJECT, "tests", "output", "monitoring.json")
 OUT = "/var/tmp/receiver"
 
@@ -30,13 +28,7 @@ OUT = "/var/tmp/receiver"
 @pytest.fixture(scope="module")
 def target():
     host = onebox_host(TARGET)
-    subprocess.run(["docker", "cp", os.path.join(HERE, "alert_receiver.py"), f"{TARGET}:/var/tmp/"], check=True)
-    host.run("systemctl stop onebox-test-receiver")
-    host.check_output("rm -rf /var/tmp/receiver")
-    host.check_output("systemd-run --unit onebox-test-receiver python3 -W ignore /var/tmp/alert_receiver.py")
-    deadline = time.monotonic() + 20
-    while host.run("ss -ltn | grep -q 127.0.0.1:9099").rc and time.monotonic() < deadline:
-        time.sleep(0.5)
+    start_receiver(host, TARGET, fresh=True)
     return host
 
 

@@ -10,7 +10,7 @@ every request counted with the version that answered and when:
   and none after the switch back;
 - a smoke check of an API route refuses v5 before it gets a request;
 - every outcome reaches the webhook receiver and the SMTP sink with the
-  window's figures (alert_receiver.py stands in for Slack and a mail server).
+  window's figures (molecule/shared/receiver.py stands in for Slack and a mail server).
 
 Runs after the other modules of the scenario, on the same converge.
 """
@@ -25,10 +25,9 @@ import time
 
 import pytest
 from conftest import TARGET
-from onebox_molecule import PROJECT, record_json
+from onebox_molecule import PROJECT, record_json, start_receiver
 from test_deploy import Load, get, play, releases
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(PROJECT, "tests", "output", "verify-window.json")
 OUT = "/var/tmp/receiver"
 
@@ -53,13 +52,7 @@ while time.time() < end:
 @pytest.fixture(scope="module")
 def receiver(target):
     """The webhook/SMTP stand-in, started unless test_monitoring left it running."""
-    if target.run("ss -ltn | grep -q 127.0.0.1:9099").rc:
-        subprocess.run(["docker", "cp", os.path.join(HERE, "alert_receiver.py"), f"{TARGET}:/var/tmp/"], check=True)
-        target.run("systemctl reset-failed onebox-test-receiver")
-        target.check_output("systemd-run --unit onebox-test-receiver python3 -W ignore /var/tmp/alert_receiver.py")
-        deadline = time.monotonic() + 20
-        while target.run("ss -ltn | grep -q 127.0.0.1:9099").rc and time.monotonic() < deadline:
-            time.sleep(0.5)
+    start_receiver(target, TARGET)
     return target
 
 

@@ -1,5 +1,6 @@
 """Fixtures shared by the platform scenario's test modules: the target server
-and the address its HAProxy answers on from this machine (helpers shared by
+and the addresses its HAProxy answers on from this machine, over HTTPS (with
+each domain's name as the TLS server name) and plain HTTP (helpers shared by
 every scenario: molecule/shared)."""
 
 from __future__ import annotations
@@ -22,4 +23,9 @@ def target():
 
 @pytest.fixture(scope="module")
 def base_url():
+    return f"https://{container_ip(TARGET)}"
+
+
+@pytest.fixture(scope="module")
+def http_url():
     return f"http://{container_ip(TARGET)}"

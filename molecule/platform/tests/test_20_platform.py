@@ -1,8 +1,10 @@
-"""Several apps on one server (issue 11): two web apps on their own domains
-and two workers, from one onebox_apps model. Every deploy, rollback and
-maintenance change of one app runs while every domain is under load, and
-the apps it did not name must not notice: 0 failed requests, and their
-containers keep their IDs and start times.
+"""Several apps on one server (issue 11), from the shipped production
+inventory's onebox_apps: shop and blog on their own domains (HTTPS: the
+certificates come from the ACME CA, HTTP redirects) and two workers of the
+shop's image (mailer start-first, scheduler stop-first). Every deploy,
+rollback and maintenance change of one app runs while every domain is under
+load, and the apps it did not name must not notice: 0 failed requests, and
+their containers keep their IDs and start times.
 
 The tests run in file order and build on each other. Load goes only to the
 target container."""
@@ -16,12 +18,17 @@ import urllib.error
 import pytest
 from onebox_molecule import Load, get_json, one_line, run_playbook
 
-DOMAINS = {"shop.test": "shop", "www.shop.test": "shop", "blog.test": "blog"}
-APPS = ("shop", "blog", "mailer", "billing")
+DOMAINS = {
+    "shop.example.com": "shop",
+    "www.shop.example.com": "shop",
+    "blog.example.com": "blog",
+    "example.com": "landing",
+}
+APPS = ("shop", "blog", "landing", "mailer", "scheduler")
 
 
 def play(name, *extra):
-    proc = run_playbook(name, *extra, ONEBOX_WHO="molecule")
+    proc = run_playbook(name, "-l", "production", *extra, ONEBOX_WHO="molecule")
     return proc.returncode, one_line(proc)
 
 
@@ -90,7 +97,7 @@ def test_each_app_deploys_on_its_own(base_url, target):
         assert f"App {app} (" in out
     for domain in DOMAINS:
         assert versions(base_url, domain) == {"v1"}
-    assert running_colour(target, "mailer") == "blue" and running_colour(target, "billing") == "blue"
+    assert running_colour(target, "mailer") == "blue" and running_colour(target, "scheduler") == "blue"
     # Each app has its own HAProxy backend and history; the workers none in HAProxy.
     cfg = target.check_output("cat /etc/haproxy/haproxy.cfg")
     assert "backend app_shop" in cfg and "backend app_blog" in cfg and "app_mailer" not in cfg
@@ -98,40 +105,56 @@ def test_each_app_deploys_on_its_own(base_url, target):
         assert target.file(f"/var/lib/onebox/{app}/releases.jsonl").contains('"version": "v1"')
 
 
-def psql(target, sql, db="postgres"):
-    return target.check_output(f'docker exec app-postgres psql -U postgres -X -A -t -d {db} -c "{sql}"').strip()
+def psql(target, sql, db="postgres", container="app-postgres"):
+    return target.check_output(f'docker exec {container} psql -U postgres -X -A -t -d {db} -c "{sql}"').strip()
 
 
-def test_each_app_has_its_database_in_the_shared_postgresql(target):
+def test_each_app_has_its_database_where_the_model_says(target):
     names = psql(target, "SELECT datname FROM pg_database").split()
-    assert "shop" in names and "blog" in names
-    # The one PostgreSQL joined the networks of the apps with a database, as host postgres.
-    for app in ("shop", "blog"):
-        net = json.loads(target.check_output(f"docker network inspect onebox_{app}"))[0]
-        assert any(c["Name"] == "app-postgres" for c in net["Containers"].values()), app
-    net = json.loads(target.check_output("docker network inspect onebox_mailer"))[0]
-    assert not any(c["Name"] == "app-postgres" for c in net["Containers"].values())
-    # The first deploys backed each database up in its own directory.
+    assert "shop" in names and "blog" not in names
+    assert "blog" in psql(target, "SELECT datname FROM pg_database", container="blog-postgres").split()
+
+    # The shared PostgreSQL is on the networks of the apps whose database is
+    # in it (the shop and its workers), the blog's own on the blog's alone.
+    def on(network):
+        net = json.loads(target.check_output(f"docker network inspect {network}"))[0]
+        return sorted(
+            c["Name"] for c in net["Containers"].values() if c["Name"].split("-")[-1] not in ("blue", "green")
+        )
+
+    assert on("onebox_shop") == ["app-postgres", "shop-redis"]
+    assert on("onebox_mailer") == ["app-postgres", "shop-redis"]
+    assert on("onebox_scheduler") == ["shop-redis"]
+    assert on("onebox_blog") == ["blog-postgres"]
+    # An app with neither a database nor a Redis has no way to one.
+    assert on("onebox_landing") == []
+    # The first deploys backed each database up in the deploying app's directory.
     for app in ("shop", "blog"):
         dumps = target.check_output(f"ls /var/backups/onebox/{app}")
         assert f"predeploy-{app}-" in dumps and "predeploy-" + ("blog" if app == "shop" else "shop") not in dumps
-    assert not target.file("/var/backups/onebox/mailer").exists or "predeploy" not in target.check_output(
-        "ls /var/backups/onebox/mailer"
-    )
 
 
 def test_each_database_has_its_own_backup_job(target):
-    psql(target, "CREATE TABLE IF NOT EXISTS posts (id int); INSERT INTO posts VALUES (1), (2), (3)", "blog")
-    for app in ("shop", "blog"):
-        assert target.service(f"onebox-backup@{app}.timer").is_enabled
-        target.check_output(f"systemctl start onebox-backup@{app}.service")
-        journal = target.check_output(f"journalctl -u onebox-backup@{app}.service --no-pager")
-        assert f"backup of {app}:" in journal
-        assert [f for f in target.check_output(f"ls /var/backups/onebox/{app}").split() if f.startswith(f"{app}-")]
-    assert not target.file("/etc/systemd/system/onebox-backup@mailer.timer").exists
+    psql(
+        target,
+        "CREATE TABLE IF NOT EXISTS posts (id int); INSERT INTO posts VALUES (1), (2), (3)",
+        "blog",
+        "blog-postgres",
+    )
+    for job in ("shop", "blog"):
+        assert target.service(f"onebox-backup@{job}.timer").is_enabled
+        target.check_output(f"systemctl start onebox-backup@{job}.service")
+        journal = target.check_output(f"journalctl -u onebox-backup@{job}.service --no-pager")
+        assert f"backup of {job}:" in journal
+        assert [f for f in target.check_output(f"ls /var/backups/onebox/{job}").split() if f.startswith(f"{job}-")]
+    # One job per database: the shop's workers share the shop's.
+    for worker in ("mailer", "scheduler"):
+        assert not target.file(f"/etc/systemd/system/onebox-backup@{worker}.timer").exists
     # The blog's dump holds the blog's table; the shop's does not.
     newest = target.check_output("ls -t /var/backups/onebox/blog/blog-*.dump | head -1")
-    assert "posts" in target.check_output(f"docker exec -i app-postgres pg_restore -l < {newest}")
+    assert "posts" in target.check_output(f"docker exec -i blog-postgres pg_restore -l < {newest}")
+    newest = target.check_output("ls -t /var/backups/onebox/shop/shop-*.dump | head -1")
+    assert "posts" not in target.check_output(f"docker exec -i app-postgres pg_restore -l < {newest}")
 
 
 def test_deploying_one_app_leaves_the_others_alone(base_url, target):
@@ -140,11 +163,11 @@ def test_deploying_one_app_leaves_the_others_alone(base_url, target):
         deploy("shop", "v2")
     print("deploy shop v2:", load.report())
     load.assert_clean()
-    assert load.loads["shop.test"].versions.get("v2") and load.loads["www.shop.test"].versions.get("v2")
-    assert set(load.loads["blog.test"].versions) == {"v1"}
-    assert versions(base_url, "shop.test") == {"v2"} and versions(base_url, "blog.test") == {"v1"}
+    assert load.loads["shop.example.com"].versions.get("v2") and load.loads["www.shop.example.com"].versions.get("v2")
+    assert set(load.loads["blog.example.com"].versions) == {"v1"}
+    assert versions(base_url, "shop.example.com") == {"v2"} and versions(base_url, "blog.example.com") == {"v1"}
     after = containers(target)
-    for app in ("blog", "mailer", "billing"):
+    for app in ("blog", "landing", "mailer", "scheduler"):
         assert of(after, app) == of(before, app), f"{app} was touched by a deploy of shop"
 
 
@@ -155,25 +178,25 @@ def test_rolling_one_app_back_leaves_the_others_alone(base_url, target):
     assert rc == 0, out[-3000:]
     print("rollback shop:", load.report())
     load.assert_clean()
-    assert versions(base_url, "www.shop.test") == {"v1"}
+    assert versions(base_url, "www.shop.example.com") == {"v1"}
     after = containers(target)
-    for app in ("blog", "mailer", "billing"):
+    for app in ("blog", "landing", "mailer", "scheduler"):
         assert of(after, app) == of(before, app), f"{app} was touched by a rollback of shop"
 
 
 def test_maintenance_of_one_app_leaves_the_others_alone(base_url, target):
     before = containers(target)
-    shop = Load(base_url, "shop.test", threads=2, pause=0.03)
+    shop = Load(base_url, "shop.example.com", threads=2, pause=0.03)
     with shop:
         rc, out = play("maintenance.yml", "-e", "app=blog", "-e", "maintenance=on")
         assert rc == 0, out[-3000:]
         with pytest.raises(urllib.error.HTTPError) as err:
-            get_json(base_url, "blog.test")
+            get_json(base_url, "blog.example.com")
         assert err.value.code == 503
         rc, out = play("maintenance.yml", "-e", "app=blog", "-e", "maintenance=off")
         assert rc == 0, out[-3000:]
     assert shop.failed == 0 and shop.total > 50, (shop.failed, shop.total, shop.errors[:3])
-    assert versions(base_url, "blog.test") == {"v1"}
+    assert versions(base_url, "blog.example.com") == {"v1"}
     after = containers(target)
     for app in APPS:
         assert of(after, app) == of(before, app), f"maintenance of blog touched {app}'s containers"
@@ -197,7 +220,7 @@ def stamp(log, prefix, last=False):
 
 def test_a_start_first_worker_has_no_gap(target):
     old = f"mailer-{running_colour(target, 'mailer')}"
-    others = {a: of(containers(target), a) for a in ("shop", "blog", "billing")}
+    others = {a: of(containers(target), a) for a in ("shop", "blog", "landing", "scheduler")}
     out = deploy("mailer", "v2")
     assert "start-first" in out and "exit code 0" in out, out[-2000:]
     new = f"mailer-{running_colour(target, 'mailer')}"
@@ -213,14 +236,14 @@ def test_a_start_first_worker_has_no_gap(target):
 
 
 def test_a_stop_first_worker_never_runs_twice(target):
-    old = f"billing-{running_colour(target, 'billing')}"
-    out = deploy("billing", "v2")
+    old = f"scheduler-{running_colour(target, 'scheduler')}"
+    out = deploy("scheduler", "v2")
     assert "stop-first" in out, out[-2000:]
-    new = f"billing-{running_colour(target, 'billing')}"
+    new = f"scheduler-{running_colour(target, 'scheduler')}"
     old_log, new_log = worker_log(target, old), worker_log(target, new)
     check_graceful_stop(old_log, old)
     # Never both: the old one had stopped before the new one said a word.
-    assert stamp(old_log, "worker v1 stopped", last=True) < stamp(new_log, "worker v2 up")
+    assert stamp(old_log, "worker v1 stopped", last=True) < stamp(new_log, "scheduler v2")
 
 
 def test_a_worker_rolls_back_on_the_server_and_with_the_playbook(target):
@@ -229,11 +252,11 @@ def test_a_worker_rolls_back_on_the_server_and_with_the_playbook(target):
     assert "rolled back from v2 to v1" in rc.stdout
     status = target.check_output("onebox status mailer")
     assert "live on blue (v1)" in status and "worker (start-first)" in status, status
-    rc, out = play("rollback.yml", "-e", "app=billing")
+    rc, out = play("rollback.yml", "-e", "app=scheduler")
     assert rc == 0, out[-3000:]
     snap = containers(target)
-    assert snap["billing-blue"][2] and not snap["billing-green"][2]
-    last = json.loads(target.check_output("tail -n 1 /var/lib/onebox/billing/releases.jsonl"))
+    assert snap["scheduler-blue"][2] and not snap["scheduler-green"][2]
+    last = json.loads(target.check_output("tail -n 1 /var/lib/onebox/scheduler/releases.jsonl"))
     assert last["action"] == "rollback" and last["version"] == "v1"
 
 
@@ -244,7 +267,13 @@ def test_a_stopped_worker_shows_in_the_metrics(target):
     target.check_output("mkdir -p /var/tmp/textfile")
     target.check_output("onebox metrics --textfile-dir /var/tmp/textfile")
     text = target.check_output("cat /var/tmp/textfile/onebox_apps.prom")
-    for app, kind in (("shop", "web"), ("blog", "web"), ("mailer", "worker"), ("billing", "worker")):
+    for app, kind in (
+        ("shop", "web"),
+        ("blog", "web"),
+        ("landing", "web"),
+        ("mailer", "worker"),
+        ("scheduler", "worker"),
+    ):
         assert f'onebox_app_up{{app="{app}",kind="{kind}"}} 1' in text, text
     live = f"mailer-{running_colour(target, 'mailer')}"
     target.check_output(f"docker stop -t 10 {live}")
@@ -260,14 +289,14 @@ def test_a_stopped_worker_shows_in_the_metrics(target):
 def test_several_apps_in_one_run_in_order(base_url, target):
     """A version map deploys the apps it names, in the model's order, under
     load on every domain; -e app=all with one version deploys every app."""
-    workers = {a: of(containers(target), a) for a in ("mailer", "billing")}
+    workers = {a: of(containers(target), a) for a in ("mailer", "scheduler")}
     with Everywhere(base_url) as load:
         rc, out = play("deploy.yml", "-e", json.dumps({"versions": {"blog": "v2", "shop": "v2"}}))
     assert rc == 0, out[-3000:]
     print("versions shop=v2 blog=v2:", load.report())
     load.assert_clean()
     assert out.index("Deploying shop") < out.index("Deploying blog"), "not in the model's order"
-    assert versions(base_url, "shop.test") == {"v2"} and versions(base_url, "blog.test") == {"v2"}
+    assert versions(base_url, "shop.example.com") == {"v2"} and versions(base_url, "blog.example.com") == {"v2"}
     for app, snap in workers.items():
         assert of(containers(target), app) == snap, f"{app} was touched"
     rc, out = play("deploy.yml", "-e", "app=all", "-e", "version=v1")
@@ -282,7 +311,10 @@ def test_several_apps_in_one_run_in_order(base_url, target):
 def test_bad_requests_are_refused_before_anything_changes(target):
     cfg = target.check_output("sha256sum /etc/haproxy/haproxy.cfg")
     rc, out = play("deploy.yml", "-e", "app=nope", "-e", "version=v2")
-    assert rc != 0 and "-e app=nope names no app of this inventory; its apps are: shop, blog, mailer, billing" in out
+    assert (
+        rc != 0
+        and "-e app=nope names no app of this inventory; its apps are: shop, blog, landing, mailer, scheduler" in out
+    )
     rc, out = play("deploy.yml", "-e", "version=v2")
     assert rc != 0 and "pick one with -e app=NAME" in out
     rc, out = play("maintenance.yml", "-e", "app=mailer", "-e", "maintenance=on")
@@ -291,13 +323,21 @@ def test_bad_requests_are_refused_before_anything_changes(target):
     assert rc.rc == 1 and "mailer is a worker" in rc.stderr
     # A model with two mistakes: each named, and site.yml stops before bootstrap.
     bad = [
-        {"name": "shop", "image": "local/demo", "domains": ["shop.test"], "health_path": "/health"},
-        {"name": "shop2", "image": "local/demo", "domains": ["shop.test"], "health_path": "/health"},
+        {"name": "shop", "image": "local/demo", "domains": ["shop.example.com"], "health_path": "/health"},
+        {"name": "shop2", "image": "local/demo", "domains": ["shop.example.com"], "health_path": "/health"},
         {"name": "jobs", "image": "local/demo", "kind": "worker", "domains": ["jobs.test"]},
+        {
+            "name": "evil",
+            "image": "local/demo",
+            "domains": ["evil.test"],
+            "health_path": "/health\n    server x 10.0.0.9:80",
+        },
+        {"name": "env", "image": "local/demo", "kind": "worker", "env": {"MODE": "on\nLD_PRELOAD=/tmp/x.so"}},
     ]
-    rc, out = play("site.yml", "-e", json.dumps({"onebox_apps": bad, "onebox_hosts": "targets"}))
+    rc, out = play("site.yml", "-e", json.dumps({"onebox_apps": bad, "onebox_hosts": "production"}))
     assert rc != 0
-    assert "domain shop.test is claimed by both 'shop' and 'shop2'" in out
+    assert "domain shop.example.com is claimed by both 'shop' and 'shop2'" in out
+    assert "app 'evil': health_path holds a newline" in out and "app 'env': env.MODE holds a newline" in out
     assert "app 'jobs': a worker serves no HTTP, so it takes no domains" in out
     assert "TASK [onebox.platform.base" not in out
     assert target.check_output("sha256sum /etc/haproxy/haproxy.cfg") == cfg
