@@ -50,7 +50,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
-from ansible_collections.onebox.platform.plugins.module_utils import platform
+from ansible_collections.onebox.platform.plugins.module_utils import site_plan
 from ansible_collections.onebox.platform.plugins.module_utils.releases import keep_versions
 
 
@@ -101,11 +101,11 @@ def data_stores(value, secrets=True):
 
 
 def apps_public(value):
-    return platform.public(value or [])
+    return site_plan.public(value or [])
 
 
 def platform_plan(value, variables=None):
-    return platform.plan(value or [], variables or {})
+    return site_plan.plan(value or [], variables or {})
 
 
 def tls_probe_targets(value, https_port=443):

@@ -12,7 +12,7 @@ version_added: "0.5.0"
 description:
   - One line each for backups, point-in-time recovery, off-site copies, monitoring and its alert receiver, TLS and
     the HTTPS redirect; a warning, saying how to turn it on, for each one that is off.
-  - An action plugin: it runs on the controller and changes nothing.
+  - An action plugin, run on the controller; it changes nothing.
 author:
   - onebox.platform developers (@onebox)
 options:

@@ -1,9 +1,9 @@
-"""module_utils/platform: site.yml's switches from one table of defaults
+"""module_utils/site_plan: site.yml's switches from one table of defaults
 (safe by default) and the summary it ends with, each thing off a warning."""
 
 from __future__ import annotations
 
-from ansible_collections.onebox.platform.plugins.module_utils import platform
+from ansible_collections.onebox.platform.plugins.module_utils import site_plan
 
 SHOP = {"name": "shop", "kind": "web", "database": "shop", "redis": True}
 LANDING = {"name": "landing", "kind": "web", "database": "", "redis": False}
@@ -22,7 +22,7 @@ ALL_ON = {
 
 
 def test_backups_and_monitoring_are_on_unless_turned_off():
-    plan = platform.plan([SHOP], {})
+    plan = site_plan.plan([SHOP], {})
     assert plan == {
         "onebox_database": True,
         "onebox_backups": True,
@@ -30,18 +30,18 @@ def test_backups_and_monitoring_are_on_unless_turned_off():
         "onebox_offsite": False,
         "onebox_apply_env": True,
     }
-    assert platform.plan([SHOP], {"onebox_backups": False, "onebox_monitoring": "false"})["onebox_backups"] is False
-    assert platform.plan([SHOP], {"onebox_monitoring": "false"})["onebox_monitoring"] is False
-    assert platform.plan([SHOP], {"offsite_repository": "sftp:u@h:/r"})["onebox_offsite"] is True
+    assert site_plan.plan([SHOP], {"onebox_backups": False, "onebox_monitoring": "false"})["onebox_backups"] is False
+    assert site_plan.plan([SHOP], {"onebox_monitoring": "false"})["onebox_monitoring"] is False
+    assert site_plan.plan([SHOP], {"offsite_repository": "sftp:u@h:/r"})["onebox_offsite"] is True
     # No app needs a database: none runs; the old single-app variables ask for it themselves.
-    assert platform.plan([LANDING], {})["onebox_database"] is False
-    assert platform.plan([SHOP], {"app_image": "r/shop"})["onebox_database"] is False
-    assert platform.plan([SHOP], {"app_image": "r/shop", "onebox_database": True})["onebox_database"] is True
+    assert site_plan.plan([LANDING], {})["onebox_database"] is False
+    assert site_plan.plan([SHOP], {"app_image": "r/shop"})["onebox_database"] is False
+    assert site_plan.plan([SHOP], {"app_image": "r/shop", "onebox_database": True})["onebox_database"] is True
 
 
 def test_the_summary_of_a_server_with_everything_on_has_no_warning():
-    switches = platform.plan([SHOP, LANDING], {"offsite_repository": "sftp:u@h:/r"})
-    lines, warnings = platform.summary([SHOP, LANDING], switches, ALL_ON)
+    switches = site_plan.plan([SHOP, LANDING], {"offsite_repository": "sftp:u@h:/r"})
+    lines, warnings = site_plan.summary([SHOP, LANDING], switches, ALL_ON)
     assert warnings == []
     names = [line.split("  ")[0].strip() for line in lines]
     assert names == ["backups", "point in time", "off-site", "monitoring", "alerts", "TLS", "redirect"]
@@ -49,22 +49,22 @@ def test_the_summary_of_a_server_with_everything_on_has_no_warning():
 
 
 def test_each_thing_that_is_off_is_a_warning_saying_how_to_turn_it_on():
-    switches = platform.plan([SHOP], {"onebox_backups": False, "onebox_monitoring": False})
+    switches = site_plan.plan([SHOP], {"onebox_backups": False, "onebox_monitoring": False})
     settings = dict(ALL_ON, haproxy_acme=False, haproxy_redirect_https=False, postgres_pitr_enabled=False)
-    lines, warnings = platform.summary([SHOP], switches, settings)
+    lines, warnings = site_plan.summary([SHOP], switches, settings)
     off = {w.split(" is off")[0] for w in warnings}
     assert off == {"backups", "off-site", "monitoring", "TLS", "redirect"}
     assert any("Remove onebox_backups: false" in w for w in warnings)
     assert any("haproxy_acme: true" in w for w in warnings)
     assert any(line.startswith("point in time  off") for line in lines)
     # Monitoring on but nobody to tell: the alerts line is the warning.
-    switches = platform.plan([SHOP], {})
+    switches = site_plan.plan([SHOP], {})
     quiet = dict(ALL_ON, monitoring_alert_email_to=False, monitoring_slack_webhook_url=False)
-    _lines, warnings = platform.summary([SHOP], switches, quiet)
+    _lines, warnings = site_plan.summary([SHOP], switches, quiet)
     assert any(w.startswith("alerts is off: alerts fire but reach nobody") for w in warnings)
 
 
 def test_the_summary_takes_no_secret():
     app = dict(SHOP, secret_env={"TOKEN": "s3cret"}, database_password="pw-pw-pw-pw-pw", env={"A": "b"})
-    assert platform.public([app]) == [SHOP]
-    assert platform.schedule_text("*:0/5") == "on the schedule *:0/5"
+    assert site_plan.public([app]) == [SHOP]
+    assert site_plan.schedule_text("*:0/5") == "on the schedule *:0/5"
