@@ -86,7 +86,8 @@ def last_release(history):
 
 def parse_info(text, stanza):
     """pgBackRest's `info --output=json` for STANZA: its status, backups
-    (oldest first: label, type, start, stop as Unix times) and archive range."""
+    (oldest first: label, type, start, stop as Unix times, prior, the WAL
+    segments each starts and stops at) and archive range."""
     try:
         data = json.loads(text or "[]")
     except ValueError:
@@ -101,6 +102,10 @@ def parse_info(text, stanza):
                 "start": (b.get("timestamp") or {}).get("start"),
                 "stop": (b.get("timestamp") or {}).get("stop"),
                 "error": bool(b.get("error")),
+                "prior": b.get("prior"),
+                # The WAL it needs: from the segment it started in.
+                "archive_start": (b.get("archive") or {}).get("start") or "",
+                "archive_stop": (b.get("archive") or {}).get("stop") or "",
             }
             for b in entry.get("backup") or []
         ]

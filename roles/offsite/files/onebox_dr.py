@@ -3,9 +3,12 @@
 """onebox-dr: the server's off-site copy and its recovery, run by systemd
 timers and by playbooks/recover.yml.
 
-    onebox-dr backup              restic snapshot of files, volumes, Redis; retention
+    onebox-dr backup              restic snapshot of files, volumes, Redis (never a deletion)
     onebox-dr check [--subset 5%] restic check (all data without --subset)
-    onebox-dr wal-sync            mirror the pgBackRest repository off-site
+    onebox-dr wal-sync            add what is new in the pgBackRest repository to its mirror
+    onebox-dr probe               do the copies refuse a deletion from this server? (metric)
+    onebox-dr prune [--dry-run]   retention, with the prune run's own credentials
+                                  (playbooks/offsite-prune.yml, not on the server)
     onebox-dr pitr-backup         pgBackRest base backup (full weekly, else diff)
     onebox-dr pitr-info           pgBackRest info (JSON)
     onebox-dr drill [--query SQL] restore to now into a scratch container, check, remove
@@ -15,7 +18,8 @@ timers and by playbooks/recover.yml.
     onebox-dr restore-volumes DEST
     onebox-dr restore-files DEST  release histories and the server id; /etc/onebox beside
 
-Settings: /etc/onebox/offsite.json (the offsite role writes it). Prints one
+Settings: /etc/onebox/offsite.json (the offsite role writes it; the prune
+run writes its own, with other credentials). Prints one
 JSON object; exit 0 on success, 1 on failure (the message says what to do),
 2 on bad settings. The timers' runs write Prometheus textfile metrics.
 """
@@ -83,6 +87,14 @@ def write_textfile(cfg, name, text):
     pg_backup.write_atomic(os.path.join(cfg["metrics_dir"], name), text.encode(), mode=0o644)
 
 
+def save_state(cfg, state):
+    """Write the state file, then the metrics the alerts read from it."""
+    os.makedirs(os.path.dirname(state_path(cfg)), exist_ok=True)
+    pg_backup.write_atomic(state_path(cfg), json.dumps(state, sort_keys=True).encode())
+    if cfg.get("metrics_dir"):
+        write_textfile(cfg, "onebox_offsite.prom", offsite.metrics_text(state, cfg.get("max_ages")))
+
+
 def record(cfg, kind, ok, **extra):
     """Remember the outcome of KIND and rewrite the metrics file."""
     state = read_state(cfg)
@@ -94,21 +106,34 @@ def record(cfg, kind, ok, **extra):
         entry["last_success"] = entry["last_attempt"]
         entry.pop("error", None)
     state[kind] = entry
-    os.makedirs(os.path.dirname(state_path(cfg)), exist_ok=True)
-    pg_backup.write_atomic(state_path(cfg), json.dumps(state, sort_keys=True).encode())
-    if cfg.get("metrics_dir"):
-        write_textfile(cfg, "onebox_offsite.prom", offsite.metrics_text(state, cfg.get("max_ages")))
+    save_state(cfg, state)
 
 
-def pitr_metrics(cfg):
+def pitr_metrics(cfg, info=None):
+    """The PITR metrics; INFO: pgbackrest info already read by this run."""
     if not (cfg.get("pitr") or {}).get("container") or not cfg.get("metrics_dir"):
         return
     try:
         c = cluster(cfg)
-        text = pitr.metrics(c.stanza, c.info(), c.archiver(), time.time())
+        text = pitr.metrics(c.stanza, info or c.info(), c.archiver(), time.time())
     except (pitr.PitrError, subprocess.SubprocessError, OSError):
         return
     write_textfile(cfg, "onebox_pitr.prom", text)
+
+
+def wal_sync(cfg, box):
+    """Add what is new in the pgBackRest repository to the mirror; what was
+    sent before is remembered in the state file."""
+    c = cluster(cfg)
+    seen = {}
+
+    def complete_backups():
+        seen["info"] = c.info()
+        return seen["info"]["backups"]
+
+    sent = box.wal_sync(complete_backups, c.stanza, done=(read_state(cfg).get("wal") or {}).get("sent"))
+    pitr_metrics(cfg, seen.get("info"))
+    return {"mirrored": cfg.get("wal_target"), "sent": sent}
 
 
 def restore_redis(cfg, manifest):
@@ -256,6 +281,8 @@ def main(argv=None):
     p = sub.add_parser("check")
     p.add_argument("--subset", default="")
     sub.add_parser("wal-sync")
+    sub.add_parser("probe")
+    sub.add_parser("prune").add_argument("--dry-run", action="store_true")
     sub.add_parser("pitr-backup")
     sub.add_parser("pitr-info")
     sub.add_parser("drill").add_argument("--query", default="")
@@ -277,9 +304,16 @@ def main(argv=None):
             box.check(args.subset)
             out = {"checked": args.subset or "all data"}
         elif args.command == "wal-sync":
-            box.wal_sync()
-            pitr_metrics(cfg)
-            out = {"mirrored": cfg.get("wal_target")}
+            out = wal_sync(cfg, box)
+        elif args.command == "probe":
+            out = box.probe()
+            state = read_state(cfg)
+            state["append_only"] = out
+            save_state(cfg, state)
+        elif args.command == "prune":
+            out = {"restic": box.forget(dry_run=args.dry_run)}
+            if cfg.get("wal_target"):
+                out["wal"] = box.wal_prune(int(cfg.get("wal_keep_full") or 2), dry_run=args.dry_run)
         elif args.command == "pitr-backup":
             out = {"type": cluster(cfg).backup(full_every_days=int(cfg.get("pitr_full_every_days") or 7))}
             pitr_metrics(cfg)
@@ -294,12 +328,14 @@ def main(argv=None):
             manifest = box.fetch(os.path.join(args.dest, "files"))
             if cfg.get("wal_target"):
                 wal = os.path.join(args.dest, "pgbackrest")
-                manifest["wal_server_id"] = box.wal_fetch(wal)
+                got = box.wal_fetch(wal)
+                manifest["wal_server_id"] = got["server_id"]
+                manifest["wal_info_version"] = got["info_version"]
                 manifest["wal_repo"] = wal
                 if manifest["wal_server_id"] and manifest["wal_server_id"] != manifest["server_id"]:
                     raise offsite.OffsiteError(
                         f"the WAL mirror belongs to server {manifest['wal_server_id']} but the snapshot to "
-                        f"{manifest['server_id']}; check backup_offsite_wal_target. Nothing was changed."
+                        f"{manifest['server_id']}; check offsite_wal_target. Nothing was changed."
                     )
             with open(os.path.join(args.dest, "manifest.json"), "w", encoding="utf-8") as fh:
                 json.dump(manifest, fh, sort_keys=True)
@@ -350,9 +386,8 @@ def main(argv=None):
         print(f"onebox-dr {args.command}: {exc}", file=sys.stderr)
         return 1
     if kind:
-        record(
-            cfg, kind, True, **{k: v for k, v in out.items() if k in ("bytes_added", "seconds", "snapshot", "target")}
-        )
+        kept = ("bytes_added", "seconds", "snapshot", "target", "sent")
+        record(cfg, kind, True, **{k: v for k, v in out.items() if k in kept})
     print(json.dumps(out, sort_keys=True, default=str))
     return 0
 
