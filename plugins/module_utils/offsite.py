@@ -80,6 +80,9 @@ SETTINGS = (
     "stage_dir",
     "metrics_dir",
     "max_ages",  # backup, check, wal -> seconds, for the alerts
+    "apps",  # each app: name, kind, database_container, volumes, redis_container (restores lock them)
+    "haproxy_socket",
+    "haproxy_state_file",
 )
 MANIFEST = "onebox-manifest.json"
 # The WAL mirror: TARGET/server-id, TARGET/pgbackrest/ (the repository
@@ -246,6 +249,50 @@ def metrics_text(state, max_ages=None):
             value = appended[copy]
             lines.append(f'onebox_offsite_append_only{{copy="{copy}"}} {-1 if value is None else int(bool(value))}')
     return "\n".join(lines) + "\n"
+
+
+# A server's apps: what a restore touches, whether it serves -------------------
+
+
+def touched_apps(apps, command, manifest=None, pitr_container=""):
+    """The apps (from the settings' APPS: name, kind, database_container,
+    volumes, redis_container) whose live data COMMAND overwrites: their
+    deploy locks are taken and they show maintenance meanwhile.
+    restore-db: every app whose database is in the point-in-time cluster;
+    restore-volumes and restore-redis: the apps whose volumes or Redis the
+    fetched copy (MANIFEST) holds."""
+    manifest = manifest or {}
+    if command == "restore-db":
+        return [a for a in apps if pitr_container and a.get("database_container") == pitr_container]
+    if command == "restore-volumes":
+        volumes = set(manifest.get("volumes") or {})
+        return [a for a in apps if volumes & set(a.get("volumes") or [])]
+    if command == "restore-redis":
+        containers = {r.get("container") for r in manifest.get("redis") or []}
+        return [a for a in apps if a.get("redis_container") and a["redis_container"] in containers]
+    return []
+
+
+def serving_reasons(views):
+    """Why a server serves traffic, one line per app, from what it shows.
+    VIEWS: per app {app, kind, last (its last release record or None),
+    running ({colour: its container runs}), servers (HAProxy's view of its
+    backend: {name: {admin_state, op_state, sessions, total}}, or None)}:
+    a last release whose container runs, or a live server HAProxy sends
+    requests to. [] for a server with nothing live (a new one)."""
+    out = []
+    for view in views:
+        last = view.get("last") or {}
+        colour = last.get("colour") or ""
+        if last.get("version") and view.get("running", {}).get(colour):
+            out.append(f"{view['app']}: its last release {last['version']} runs ({view['app']}-{colour})")
+            continue
+        for name, server in sorted((view.get("servers") or {}).items()):
+            busy = int(server.get("sessions") or 0) + int(server.get("total") or 0)
+            if server.get("admin_state") == "ready" and server.get("op_state") == "up" and busy:
+                out.append(f"{view['app']}: HAProxy sends its traffic to {name} ({busy} requests so far)")
+                break
+    return out
 
 
 # The WAL mirror's decisions --------------------------------------------------

@@ -320,3 +320,56 @@ def socket_open(port):
         return True
     except OSError:
         return False
+
+
+def test_the_plan_of_a_recovery_before_a_release(server):
+    """onebox-dr plan on a fetched copy (no point-in-time repository): the
+    moment is just before v2's migration, the release to deploy is v1 (live
+    then), the database comes back from the pre-deploy dump taken just
+    before it; bad targets are refused before anything is touched."""
+    dest = server["tmp"] / "recover"
+    root = dest / "files"
+    state = root / "var" / "lib" / "onebox" / "shop"
+    state.mkdir(parents=True)
+    for line in (
+        {"action": "deploy", "version": "v1", "time": "2026-11-25T06:40:00Z", "colour": "blue"},
+        {"action": "deploy", "version": "v2", "time": "2026-11-25T06:45:10Z", "colour": "green"},
+    ):
+        with open(state / "releases.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    (state / "audit.log").write_text(
+        "2026-11-25T06:45:00Z deploy-start version=v2 by=ci\n2026-11-25T06:45:03Z migrate-start version=v2 by=ci\n"
+    )
+    dumps = root / "var" / "backups" / "onebox" / "shop"
+    dumps.mkdir(parents=True)
+    for name in ("shop-20261125T060000Z.dump", "predeploy-shop-20261125T064501Z.dump", "shop-20261125T070000Z.dump"):
+        (dumps / name).write_bytes(b"PGDMP")
+        digest = hashlib.sha256(b"PGDMP").hexdigest()
+        (dumps / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+    (dest / "manifest.json").write_text(json.dumps({"root": str(root), "server_id": "x", "time": 0}))
+    path = rewrite(
+        server,
+        pitr={"container": "app-postgres"},
+        databases=[{"name": "shop", "role": "shop", "container": "app-postgres", "job": "shop", "apps": ["shop"]}],
+    )
+    rc, out = run(path, "plan", str(dest), "--before-release", "shop:v2")
+    assert rc == 0, out
+    plan = json.loads(out)
+    assert plan["target"].startswith("2026-11-25T06:45:03")
+    assert "migrate-start of v2" in plan["target_text"]
+    assert plan["deploy"] == [{"app": "shop", "version": "v1"}]
+    assert plan["databases"][0]["way"] == "dump"
+    assert plan["databases"][0]["dump"].endswith("predeploy-shop-20261125T064501Z.dump")
+    # The latest point: the newest dump, the last release.
+    plan = json.loads(run(path, "plan", str(dest))[1])
+    assert plan["deploy"] == [{"app": "shop", "version": "v2"}] and plan["databases"][0]["dump"].endswith(
+        "070000Z.dump"
+    )
+    for args, said in (
+        (["--before-release", "shop:v9"], "'v9' is not in the release history"),
+        (["--before-release", "blog:v1"], "app 'blog' has no release history here"),
+        (["--time", "2099-01-01T00:00:00Z"], "in the future"),
+        (["--time", "2026-11-25T05:00:00Z"], "no verified dump of shop"),
+    ):
+        rc, out = run(path, "plan", str(dest), *args)
+        assert rc == 1 and said in out and "Nothing was changed" in out, out
