@@ -403,13 +403,18 @@ def restore_volumes(manifest, box):
     done = []
     for volume, old_path in sorted((manifest.get("volumes") or {}).items()):
         src = os.path.join(manifest["root"], old_path.lstrip("/"))
+        if not os.path.isdir(src):
+            raise offsite.OffsiteError(
+                f"the snapshot holds no copy of volume {volume} ({old_path}); it was left as it was"
+            )
         run(["docker", "volume", "create", volume])
         dest = box.volume_path(volume)
+        keep = ""
         if os.listdir(dest):
             keep = f"{dest.rstrip('/')}.pre-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
             offsite.copy_tree(dest, keep)
         offsite.copy_tree(src, dest)
-        done.append({"volume": volume, "files": sum(len(walked[2]) for walked in os.walk(dest))})
+        done.append({"volume": volume, "files": sum(len(w[2]) for w in os.walk(dest)), "kept_copy": keep})
     return done
 
 
