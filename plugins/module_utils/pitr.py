@@ -55,24 +55,60 @@ def pg_time(when):
     return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S+00")
 
 
-def before_release(history, version):
-    """The moment just before VERSION last went live (one second before its
-    release record), from an app's release history (oldest first). Only a
-    change of version counts: the same version released again (a redeploy,
-    or recover.yml bringing the last release back) is not its going live."""
-    times, previous = [], ""
-    for release in history:
+def _went_live(history, version):
+    """Indexes of the records where VERSION went live (a change of version:
+    the same version released again, a redeploy or recover.yml bringing the
+    last release back, is not its going live)."""
+    out, previous = [], ""
+    for number, release in enumerate(history):
         current = release.get("version") or ""
         if current == version and previous != version and release.get("time"):
-            times.append(release["time"])
+            out.append(number)
         previous = current or previous
-    if not times:
+    return out
+
+
+def release_start(history, version, audit=()):
+    """(moment, what it is) just before VERSION last went live: just before
+    its migration first ran, from the app's audit log (AUDIT: release_log's
+    AuditEntry records, oldest first). The markers are those of VERSION
+    between the release record before and the record where it went live:
+    the first ``migrate-start version=VERSION`` (an attempt that failed
+    after its migration already changed the data), else the first
+    ``deploy-start version=VERSION`` (a deploy without a migration). The
+    release record itself is written after the migration and the switch, so
+    it is only the last resort (a release that ran no deploy, such as a
+    rollback), one second before it."""
+    went = _went_live(history, version)
+    if not went:
         known = sorted({r.get("version") for r in history if r.get("version")})
         raise PitrError(
             f"release {version!r} is not in the release history (known: {', '.join(known) or 'none'}). "
             "Nothing was changed."
         )
-    return parse_time(times[-1]) - dt.timedelta(seconds=1)
+    record = parse_time(history[went[-1]]["time"])
+    earlier = [parse_time(r["time"]) for r in history[: went[-1]] if r.get("time")]
+    since = max(earlier) if earlier else None
+    token = f"version={version}"
+    for action in ("migrate-start", "deploy-start"):
+        marks = [
+            e.time
+            for e in audit or ()
+            if e.action == action
+            and token in str(e.detail).split()
+            and e.time <= record
+            and (since is None or e.time >= since)
+        ]
+        if marks:
+            # The audit time is whole seconds, at or before the marker was
+            # written: every commit of the migration comes after it.
+            return min(marks), f"{action} of {version}"
+    return record - dt.timedelta(seconds=1), f"release record of {version} (no migration marker)"
+
+
+def before_release(history, version, audit=()):
+    """The moment just before VERSION last went live (see release_start)."""
+    return release_start(history, version, audit)[0]
 
 
 def last_release(history):
@@ -84,9 +120,32 @@ def last_release(history):
     return ""
 
 
+def release_at(history, when):
+    """The version that was live at WHEN (a datetime; None: the last one),
+    from an app's release history (oldest first): what a recovery to that
+    moment deploys. '' when none was yet."""
+    if when is None:
+        return last_release(history)
+    live = ""
+    for release in history or []:
+        if release.get("version") and release.get("time") and parse_time(release["time"]) <= when:
+            live = release["version"]
+    return live
+
+
+def dump_at(backups, when):
+    """The dump a recovery to WHEN restores (a datetime; None: the newest):
+    the newest verified one completed at or before WHEN, never one dated in
+    the future. BACKUPS: pg_backup.list_backups entries (several prefixes:
+    scheduled and pre-deploy dumps alike). None when there is none."""
+    good = [b for b in backups if b.get("verified") and not b.get("future") and (when is None or b["time"] <= when)]
+    return max(good, key=lambda b: (b["time"], b["name"])) if good else None
+
+
 def parse_info(text, stanza):
     """pgBackRest's `info --output=json` for STANZA: its status, backups
-    (oldest first: label, type, start, stop as Unix times) and archive range."""
+    (oldest first: label, type, start, stop as Unix times, prior, the WAL
+    segments each starts and stops at) and archive range."""
     try:
         data = json.loads(text or "[]")
     except ValueError:
@@ -101,6 +160,10 @@ def parse_info(text, stanza):
                 "start": (b.get("timestamp") or {}).get("start"),
                 "stop": (b.get("timestamp") or {}).get("stop"),
                 "error": bool(b.get("error")),
+                "prior": b.get("prior"),
+                # The WAL it needs: from the segment it started in.
+                "archive_start": (b.get("archive") or {}).get("start") or "",
+                "archive_stop": (b.get("archive") or {}).get("stop") or "",
             }
             for b in entry.get("backup") or []
         ]

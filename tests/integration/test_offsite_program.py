@@ -1,8 +1,11 @@
-"""roles/offsite/files/onebox_dr.py with a real restic (Debian's 0.14) and a
-local repository: snapshots, retention, check, the metrics the alerts read,
-and the refusals (a wrong password, another server's repository, a damaged
-copy). The Molecule backup scenario runs the same program over SFTP, with
-volumes, Redis and pgBackRest."""
+"""roles/offsite/files/onebox_dr.py with a real restic (Debian's 0.14): a local
+repository (snapshots, check, the metrics the alerts read, the refusals: a
+wrong password, another server's repository, a damaged copy), an append-only
+endpoint the server cannot delete from (Debian's rclone: `rclone serve restic
+--append-only`, TLS and basic auth) with retention by the prune run's own
+credentials, and S3 (moto). The Molecule backup scenario runs the same
+program against a storage host set up the same way, with volumes, Redis and
+pgBackRest."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import socket
 import subprocess
 import sys
 
+import offsite_storage
 import pytest
 from conftest import ROOT, free_port, run_program, wait_for
 
@@ -57,6 +61,12 @@ def server(tmp_path):
     return {"tmp": tmp_path, "cfg": cfg, "path": path, "data": data}
 
 
+@pytest.fixture
+def storage(tmp_path):
+    with offsite_storage.running(tmp_path) as box:
+        yield box
+
+
 def rewrite(server, **change):
     cfg = dict(server["cfg"], **change)
     path = server["tmp"] / "changed.json"
@@ -70,6 +80,26 @@ def metric(server, name):
     return float(found.group(1)) if found else None
 
 
+def snapshots(repository, password_file, **extra):
+    proc = subprocess.run(
+        ["restic", "-r", repository, "--no-lock", "snapshots", "--json", *extra.pop("args", [])],
+        env=dict(os.environ, RESTIC_PASSWORD_FILE=password_file, **extra),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def prune_settings(server, **change):
+    """The prune run's settings: the same repository and password, its own file."""
+    cfg = {"repository": server["cfg"]["repository"], "password_file": server["cfg"]["password_file"], "keep_last": 2}
+    cfg.update(change)
+    path = server["tmp"] / "prune.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
 def test_snapshot_retention_check_and_fetch(server):
     for n in range(3):
         (server["data"] / "etc" / f"n{n}").write_text(str(n))
@@ -79,17 +109,19 @@ def test_snapshot_retention_check_and_fetch(server):
     assert metric(server, "onebox_offsite_backup_success") == 1
     assert metric(server, "onebox_offsite_backup_last_success_timestamp_seconds") > 0
     assert metric(server, "onebox_offsite_backup_max_age_seconds") == 10800
-    snaps = subprocess.run(
-        ["restic", "-r", server["cfg"]["repository"], "snapshots", "--json"],
-        env=dict(os.environ, RESTIC_PASSWORD_FILE=server["cfg"]["password_file"]),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    snaps = json.loads(snaps.stdout)
-    # keep_last=2: the third run pruned the first; each carries the server id.
-    assert len(snaps) == 2
+    # The server never prunes (keep_last=2 in its settings): all three stay...
+    snaps = snapshots(server["cfg"]["repository"], server["cfg"]["password_file"])
+    assert len(snaps) == 3
     assert all("server-id:11111111-2222-3333-4444-555555555555" in s["tags"] for s in snaps)
+    # ...until the prune run (keep_last=2) forgets the oldest.
+    rc, out = run(prune_settings(server), "prune", "--dry-run")
+    assert rc == 0, out
+    assert len(json.loads(out)["restic"]["snapshots_removed"]) == 1
+    assert len(snapshots(server["cfg"]["repository"], server["cfg"]["password_file"])) == 3
+    rc, out = run(prune_settings(server), "prune")
+    assert rc == 0, out
+    assert json.loads(out)["restic"]["snapshots_removed"] == [snaps[0]["short_id"]]
+    assert len(snapshots(server["cfg"]["repository"], server["cfg"]["password_file"])) == 2
     rc, out = run(server["path"], "check")
     assert rc == 0, out
     assert metric(server, "onebox_offsite_check_success") == 1
@@ -183,3 +215,161 @@ def test_an_s3_repository(server, s3_server):
     rc, out = run(path, "fetch", str(server["tmp"] / "fetched"))
     assert rc == 0, out
     assert json.loads(out)["server_id"].startswith("11111111")
+
+
+def test_the_server_adds_snapshots_but_cannot_delete_them(server, storage):
+    """Through `rclone serve restic --append-only` (TLS, basic auth): the
+    server's own credentials make snapshots and read them back, but cannot
+    delete or rewrite a snapshot or a pack (the requests restic forget and
+    a tamperer would send); the prune run, with the storage host's own
+    access to the repository, applies retention."""
+    path = rewrite(server, **storage.server_settings(), keep_last=1)
+    for n in range(3):
+        (server["data"] / "etc" / f"n{n}").write_text(str(n))
+        rc, out = run(path, "backup")
+        assert rc == 0, out
+    url = storage.rest_repository.replace("https://", f"https://box:{offsite_storage.RREST_PASSWORD}@")
+    kept = snapshots(url, server["cfg"]["password_file"], args=["--cacert", str(storage.cert)])
+    assert len(kept) == 3
+    # The server's credentials try to delete a snapshot (what restic forget
+    # sends), and to write over it and over a data pack: refused, all stay.
+    names = sorted(p.name for p in (storage.restic_dir / "snapshots").iterdir())
+    before = {p: p.read_bytes() for p in storage.restic_dir.rglob("*") if p.is_file() and "locks" not in p.parts}
+    assert storage.rest("DELETE", f"snapshots/{names[0]}") == 403
+    assert storage.rest("POST", f"snapshots/{names[0]}", data=b"{}") == 403
+    pack = max((p for p in before if "data" in p.parts), key=lambda p: p.stat().st_size)
+    assert storage.rest("POST", f"data/{pack.name}", data=b"tampered") == 403
+    assert storage.rest("DELETE", f"data/{pack.name}") == 403
+    assert storage.rest("DELETE", "config") == 403
+    assert {p: p.read_bytes() for p in before} == before
+    assert len(snapshots(url, server["cfg"]["password_file"], args=["--cacert", str(storage.cert)])) == 3
+    # onebox-dr's probe (site.yml runs it) sees the same.
+    rc, out = run(path, "probe")
+    assert rc == 0, out
+    assert json.loads(out)["restic"] is True
+    text = (server["tmp"] / "metrics" / "onebox_offsite.prom").read_text()
+    assert 'onebox_offsite_append_only{copy="restic"} 1' in text
+    # The whole copy still checks and restores with the server's credentials.
+    rc, out = run(path, "fetch", str(server["tmp"] / "fetched"))
+    assert rc == 0, out
+    # No password in anything the program says.
+    assert offsite_storage.RREST_PASSWORD not in out
+    # The prune run, with the storage host's own access (keep_last=2).
+    rc, out = run(prune_settings(server, repository=str(storage.restic_dir)), "prune")
+    assert rc == 0, out
+    assert len(json.loads(out)["restic"]["snapshots_removed"]) == 1
+    assert len(snapshots(url, server["cfg"]["password_file"], args=["--cacert", str(storage.cert)])) == 2
+    # The server goes on adding snapshots after the prune.
+    rc, out = run(path, "backup")
+    assert rc == 0, out
+
+
+def test_a_rest_endpoint_that_allows_deletion_is_reported(server, tmp_path):
+    """rclone serve restic WITHOUT --append-only: the probe says the server's
+    credentials can delete (the metric is 0, the role warns)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["rclone", "serve", "restic", "--addr", f"127.0.0.1:{port}", str(tmp_path / "plain")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: socket_open(port), timeout=30, interval=0.1)
+        path = rewrite(server, repository=f"rest:http://127.0.0.1:{port}/")
+        assert run(path, "backup")[0] == 0
+        rc, out = run(path, "probe")
+        assert rc == 0, out
+        assert json.loads(out)["restic"] is False
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_a_snapshot_dated_in_the_future_stops_the_prune(server):
+    """A server whose clock ran ahead (or snapshots added to push the real
+    ones out of retention): the prune run deletes nothing and says why."""
+    assert run(server["path"], "backup")[0] == 0
+    env = dict(os.environ, RESTIC_PASSWORD_FILE=server["cfg"]["password_file"])
+    subprocess.run(
+        [
+            "restic",
+            "-r",
+            server["cfg"]["repository"],
+            "backup",
+            "--tag",
+            "onebox",
+            "--tag",
+            "server-id:x",
+            "--time",
+            "2099-01-01 00:00:00",
+            str(server["data"] / "etc"),
+        ],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    rc, out = run(prune_settings(server, keep_last=1), "prune")
+    assert rc == 1
+    assert "dated in the future" in out and "Nothing was deleted" in out
+    assert len(snapshots(server["cfg"]["repository"], server["cfg"]["password_file"])) == 2
+
+
+def socket_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_the_plan_of_a_recovery_before_a_release(server):
+    """onebox-dr plan on a fetched copy (no point-in-time repository): the
+    moment is just before v2's migration, the release to deploy is v1 (live
+    then), the database comes back from the pre-deploy dump taken just
+    before it; bad targets are refused before anything is touched."""
+    dest = server["tmp"] / "recover"
+    root = dest / "files"
+    state = root / "var" / "lib" / "onebox" / "shop"
+    state.mkdir(parents=True)
+    for line in (
+        {"action": "deploy", "version": "v1", "time": "2026-11-25T06:40:00Z", "colour": "blue"},
+        {"action": "deploy", "version": "v2", "time": "2026-11-25T06:45:10Z", "colour": "green"},
+    ):
+        with open(state / "releases.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    (state / "audit.log").write_text(
+        "2026-11-25T06:45:00Z deploy-start version=v2 by=ci\n2026-11-25T06:45:03Z migrate-start version=v2 by=ci\n"
+    )
+    dumps = root / "var" / "backups" / "onebox" / "shop"
+    dumps.mkdir(parents=True)
+    for name in ("shop-20261125T060000Z.dump", "predeploy-shop-20261125T064501Z.dump", "shop-20261125T070000Z.dump"):
+        (dumps / name).write_bytes(b"PGDMP")
+        digest = hashlib.sha256(b"PGDMP").hexdigest()
+        (dumps / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+    (dest / "manifest.json").write_text(json.dumps({"root": str(root), "server_id": "x", "time": 0}))
+    path = rewrite(
+        server,
+        pitr={"container": "app-postgres"},
+        databases=[{"name": "shop", "role": "shop", "container": "app-postgres", "job": "shop", "apps": ["shop"]}],
+    )
+    rc, out = run(path, "plan", str(dest), "--before-release", "shop:v2")
+    assert rc == 0, out
+    plan = json.loads(out)
+    assert plan["target"].startswith("2026-11-25T06:45:03")
+    assert "migrate-start of v2" in plan["target_text"]
+    assert plan["deploy"] == [{"app": "shop", "version": "v1"}]
+    assert plan["databases"][0]["way"] == "dump"
+    assert plan["databases"][0]["dump"].endswith("predeploy-shop-20261125T064501Z.dump")
+    # The latest point: the newest dump, the last release.
+    plan = json.loads(run(path, "plan", str(dest))[1])
+    assert plan["deploy"] == [{"app": "shop", "version": "v2"}] and plan["databases"][0]["dump"].endswith(
+        "070000Z.dump"
+    )
+    for args, said in (
+        (["--before-release", "shop:v9"], "'v9' is not in the release history"),
+        (["--before-release", "blog:v1"], "app 'blog' has no release history here"),
+        (["--time", "2099-01-01T00:00:00Z"], "in the future"),
+        (["--time", "2026-11-25T05:00:00Z"], "no verified dump of shop"),
+    ):
+        rc, out = run(path, "plan", str(dest), *args)
+        assert rc == 1 and said in out and "Nothing was changed" in out, out

@@ -9,7 +9,7 @@ import json
 import time
 
 import pytest
-from ansible_collections.onebox.platform.plugins.module_utils import pitr
+from ansible_collections.onebox.platform.plugins.module_utils import offsite, pitr, release_log
 
 # The shape of `pgbackrest info --output=json` (2.45), trimmed.
 INFO = json.dumps(
@@ -110,3 +110,137 @@ def test_metrics():
     assert 'onebox_pitr_wal_failed_count{stanza="shop-postgres"} 1' in text
     assert 'onebox_pitr_wal_ready_segments{stanza="shop-postgres"} 2' in text
     assert 'onebox_pitr_wal_last_archived_timestamp_seconds{stanza="shop-postgres"} 1795662000' in text
+
+
+def audit(*lines):
+    """Audit entries as release_log reads them back."""
+    return [release_log.parse_audit_line(line) for line in lines]
+
+
+HISTORY = [
+    {"action": "deploy", "version": "v1", "time": "2026-11-25T06:40:00Z", "colour": "blue"},
+    {"action": "deploy", "version": "v2", "time": "2026-11-25T06:45:10Z", "colour": "green"},
+]
+
+
+def test_before_a_release_is_before_its_migration():
+    """The release record is written after the migration and the switch: the
+    moment is the migrate-start marker written before the migration ran."""
+    entries = audit(
+        "2026-11-25T06:39:50Z deploy-start version=v1 by=ci",
+        "2026-11-25T06:39:55Z migrate-start version=v1 by=ci",
+        "2026-11-25T06:45:00Z deploy-start version=v2 by=ci",
+        "2026-11-25T06:45:03Z migrate-start version=v2 by=ci",
+        "2026-11-25T06:45:10Z deploy-ok from=v1 to=v2 colour=green switch_ms=3 by=ci",
+    )
+    when, how = pitr.release_start(HISTORY, "v2", entries)
+    assert when == dt.datetime(2026, 11, 25, 6, 45, 3, tzinfo=dt.timezone.utc)
+    assert how == "migrate-start of v2"
+    # What was live just then (what a recovery to it deploys): v1, not v2.
+    assert pitr.release_at(HISTORY, when) == "v1"
+    assert pitr.release_at(HISTORY, None) == "v2"
+    assert pitr.release_at(HISTORY, pitr.parse_time("2026-11-25T06:00:00Z")) == ""
+
+
+def test_a_deploy_without_a_migration_uses_its_start():
+    entries = audit("2026-11-25T06:45:00Z deploy-start version=v2 by=ci")
+    assert pitr.release_start(HISTORY, "v2", entries) == (
+        dt.datetime(2026, 11, 25, 6, 45, 0, tzinfo=dt.timezone.utc),
+        "deploy-start of v2",
+    )
+
+
+def test_an_attempt_that_failed_after_its_migration_counts():
+    """v2's first attempt migrated, then failed verification (switched back);
+    the second went live: before v2 is before the first migration."""
+    entries = audit(
+        "2026-11-25T06:42:00Z migrate-start version=v2 by=ci",
+        "2026-11-25T06:42:30Z switch-back to=blue from=green version=v2 by=ci",
+        "2026-11-25T06:45:03Z migrate-start version=v2 by=ci",
+        # A marker of another version, and one of v2 after its record, do not count.
+        "2026-11-25T06:44:00Z migrate-start version=v3 by=ci",
+        "2026-11-25T06:50:00Z migrate-start version=v2 by=ci",
+    )
+    assert pitr.before_release(HISTORY, "v2", entries) == dt.datetime(2026, 11, 25, 6, 42, tzinfo=dt.timezone.utc)
+
+
+def test_markers_of_an_earlier_going_live_do_not_count():
+    history = [*HISTORY, {"action": "rollback", "version": "v1", "time": "2026-11-25T06:50:00Z"}]
+    history.append({"action": "deploy", "version": "v2", "time": "2026-11-25T07:00:00Z"})
+    entries = audit(
+        "2026-11-25T06:45:03Z migrate-start version=v2 by=ci", "2026-11-25T06:59:50Z migrate-start version=v2 by=ci"
+    )
+    assert pitr.before_release(history, "v2", entries) == dt.datetime(2026, 11, 25, 6, 59, 50, tzinfo=dt.timezone.utc)
+    # A rollback runs no deploy: one second before its record.
+    assert pitr.release_start(history, "v1", entries)[1] == "release record of v1 (no migration marker)"
+
+
+def test_the_dump_of_a_moment():
+    utc = dt.timezone.utc
+    dumps = [
+        {"name": "shop-20261125T060000Z.dump", "time": dt.datetime(2026, 11, 25, 6, 0, tzinfo=utc), "verified": True},
+        {
+            "name": "predeploy-shop-20261125T064501Z.dump",
+            "time": dt.datetime(2026, 11, 25, 6, 45, 1, tzinfo=utc),
+            "verified": True,
+        },
+        {"name": "shop-20261125T070000Z.dump", "time": dt.datetime(2026, 11, 25, 7, 0, tzinfo=utc), "verified": False},
+        {
+            "name": "shop-20991125T070000Z.dump",
+            "time": dt.datetime(2099, 11, 25, 7, 0, tzinfo=utc),
+            "verified": True,
+            "future": True,
+        },
+    ]
+    assert pitr.dump_at(dumps, None)["name"] == "predeploy-shop-20261125T064501Z.dump"
+    assert pitr.dump_at(dumps, dt.datetime(2026, 11, 25, 6, 45, 3, tzinfo=utc))["name"].startswith("predeploy-")
+    assert pitr.dump_at(dumps, dt.datetime(2026, 11, 25, 6, 30, tzinfo=utc))["name"] == "shop-20261125T060000Z.dump"
+    assert pitr.dump_at(dumps, dt.datetime(2026, 11, 25, 5, 0, tzinfo=utc)) is None
+
+
+def test_a_server_serves_when_its_last_release_runs_or_haproxy_sends_it_requests():
+    quiet = {"admin_state": "maint", "op_state": "down", "sessions": 0, "total": 0}
+    views = [
+        {"app": "shop", "kind": "web", "last": HISTORY[-1], "running": {"blue": True, "green": True}, "servers": {}},
+        {
+            "app": "blog",
+            "kind": "web",
+            "last": None,
+            "running": {},
+            "servers": {"blue": dict(quiet, admin_state="ready", op_state="up", total=12), "green": quiet},
+        },
+        {
+            "app": "mailer",
+            "kind": "worker",
+            "last": {"version": "v1", "colour": "blue"},
+            "running": {"blue": False},
+            "servers": None,
+        },
+    ]
+    reasons = offsite.serving_reasons(views)
+    assert reasons == [
+        "shop: its last release v2 runs (shop-green)",
+        "blog: HAProxy sends its traffic to blue (12 requests so far)",
+    ]
+    # A new server: histories restored, nothing started, no traffic.
+    fresh = [dict(v, running={}, servers={"blue": quiet}) for v in views]
+    assert offsite.serving_reasons(fresh) == []
+
+
+def test_a_restore_touches_the_apps_whose_data_it_overwrites():
+    apps = [
+        {
+            "name": "shop",
+            "database_container": "app-postgres",
+            "volumes": ["onebox_shop_uploads"],
+            "redis_container": "shop-redis",
+        },
+        {"name": "blog", "database_container": "blog-db", "volumes": [], "redis_container": ""},
+        {"name": "mailer", "database_container": "app-postgres", "volumes": [], "redis_container": ""},
+    ]
+    names = lambda found: [a["name"] for a in found]  # noqa: E731
+    assert names(offsite.touched_apps(apps, "restore-db", pitr_container="app-postgres")) == ["shop", "mailer"]
+    manifest = {"volumes": {"onebox_shop_uploads": "/x"}, "redis": [{"container": "shop-redis"}]}
+    assert names(offsite.touched_apps(apps, "restore-volumes", manifest)) == ["shop"]
+    assert names(offsite.touched_apps(apps, "restore-redis", manifest)) == ["shop"]
+    assert offsite.touched_apps(apps, "restore-files", manifest) == []

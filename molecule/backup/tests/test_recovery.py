@@ -1,17 +1,25 @@
-"""Lose the server, lose nothing (SPEC R56).
+"""Lose the server, lose nothing (SPEC R56), and nothing destroys the wrong
+data (R63).
 
-The target runs the whole stack (site.yml): the shop app with an upload
-volume, PostgreSQL with pgBackRest WAL archiving, Redis, restic snapshots and
-the WAL mirror to the off-site host. While a row goes into PostgreSQL every
-second, the target is killed without warning (docker kill); recover.yml then
-rebuilds everything onto a new server. Measured: RPO (the last row written
-on the target against the newest row on the new server), RTO (from the start
-of recover.yml to the app answering its last release), and what else came
-back (upload checksums, Redis keys, release history). Then a point-in-time
-restore to just before a release, and the bad inputs: a target before the
-oldest base backup, a wrong restic password, an unreachable host, tampered
-off-site copies. This file runs after test_backup.py (file order): it kills
-the target.
+The target runs the whole stack (site.yml on the app model): the shop app
+with an upload volume, its database in PostgreSQL with pgBackRest WAL
+archiving, a Redis of its own, restic snapshots and the WAL mirror to the
+off-site host, which lets the server only add. First, on the live target:
+its own credentials fail to delete or overwrite a snapshot and a WAL file;
+the prune run (offsite-prune.yml, on the off-site host with its own access)
+applies retention and prunes the WAL the expired base backup needed;
+recover.yml refuses the server because it serves traffic. Then, while a row
+goes into PostgreSQL every second, the target is killed without warning
+(docker kill); recover.yml rebuilds everything onto a new server. Measured:
+RPO (the last row written on the target against the newest row on the new
+server), RTO (from the start of recover.yml to the app answering its last
+release), and what else came back (upload checksums, Redis keys, release
+history). Then, on the new server now live: a restore to just before v2's
+migration under the deploy lock and maintenance, recover.yml over the live
+server (safety copy, undo command, v1 deployed, not v2), and the bad inputs:
+a target before the oldest base backup, a wrong restic password, an
+unreachable host, tampered off-site copies. This file runs after
+test_backup.py (file order): it kills the target.
 """
 
 from __future__ import annotations
@@ -28,8 +36,15 @@ from onebox_molecule import PROJECT, container_ip, host, one_line, record_json, 
 
 TARGET = "onebox-backup-target"
 NEW = "onebox-backup-recovery"
+OFFSITE = "onebox-backup-offsite"
 RESULTS = os.path.join(PROJECT, "tests", "output", "recovery.json")
 UPLOADS = "/www/uploads"
+RESTIC = "/srv/onebox/restic/box"
+WAL = "/srv/onebox/wal"
+STANZA = "shop-postgres"
+# The server's own credentials, as the offsite role wrote them.
+SSH = "ssh -i /root/.ssh/onebox_offsite -o UserKnownHostsFile=/etc/onebox/offsite/known_hosts -o BatchMode=yes"
+MIRROR = "onebox@onebox-backup-offsite:"
 
 
 def psql(server, sql):
@@ -127,21 +142,174 @@ def checksums(server, volume="onebox_shop_uploads"):
     return out.splitlines()
 
 
+def redis_cli(server, args):
+    """redis-cli as the shop's own ACL user (the default user is off); the
+    password from its file on the server, in the environment, not on a
+    command line."""
+    return host(server).check_output(
+        'REDISCLI_AUTH="$(cat /etc/onebox/shop/redis/password)" '
+        f"docker exec -e REDISCLI_AUTH shop-redis redis-cli --user shop --no-auth-warning --raw {args}"
+    )
+
+
 def redis_dump(server):
-    keys = host(server).check_output("docker exec shop-redis redis-cli --raw KEYS 'onebox:*'").split()
-    return {k: host(server).check_output(f"docker exec shop-redis redis-cli --raw GET {k}") for k in sorted(keys)}
+    keys = redis_cli(server, "KEYS 'onebox:*'").split()
+    return {k: redis_cli(server, f"GET {k}") for k in sorted(keys)}
+
+
+def audit_time(audit, action, version):
+    """The time of the first ACTION version=VERSION line of an audit log."""
+    for line in audit.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == action and f"version={version}" in fields[2:]:
+            return time.mktime(time.strptime(fields[0], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    raise AssertionError(f"no {action} version={version} in the audit log")
+
+
+def as_server(server, script):
+    """A Python SCRIPT on SERVER (its stdout)."""
+    proc = subprocess.run(
+        ["docker", "exec", "-i", server, "python3", "-"], input=script, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def rest_as_server(method, path, data=b""):
+    """A request to the restic endpoint with the target's own login and CA."""
+    return as_server(
+        TARGET,
+        f"""
+import base64, json, ssl, urllib.error, urllib.request
+cfg = json.load(open("/etc/onebox/offsite.json"))
+auth = cfg["rest_user"] + ":" + open(cfg["rest_password_file"]).read().strip()
+req = urllib.request.Request(cfg["repository"][5:] + {path!r}, data={data!r} or None, method={method!r})
+req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+try:
+    urllib.request.urlopen(req, context=ssl.create_default_context(cafile=cfg["cacert"]), timeout=20)
+    print(200)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+""",
+    )
+
+
+def held(server, root):
+    """sha256 of every file under ROOT on SERVER (restic's lock files aside)."""
+    return host(server).check_output(f"find {root} -type f ! -path '*/locks/*' -exec sha256sum {{}} + | sort")
+
+
+def pitr_info(server):
+    out = host(server).check_output(
+        f"docker exec -u postgres shop-postgres pgbackrest --stanza={STANZA} --output=json info"
+    )
+    return [b for b in json.loads(out)[0]["backup"] if not b.get("error")]
 
 
 @pytest.fixture(scope="module")
-def disaster():
-    """The whole story, once: returns what the tests check."""
-    out = {}
-    target = host(TARGET)
+def live():
+    """The target serving v1, with the table the writer fills."""
     deploy("v1")
     psql(
         TARGET,
         "CREATE TABLE IF NOT EXISTS ticks (id serial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
     )
+    return host(TARGET)
+
+
+def test_recover_yml_refuses_a_server_that_serves_traffic(live):
+    before = live.check_output("cat /etc/onebox/server-id")
+    proc = run_playbook("recover.yml", "-l", "targets", timeout=600)
+    out = one_line(proc)
+    assert proc.returncode != 0
+    assert "serves traffic: shop: its last release v1 runs (shop-" in out, out[-3000:]
+    assert "-e recover_over_live=true" in out and "Nothing was changed" in out
+    # Not touched: the off-site timers go on, nothing of onebox-dr was left behind.
+    assert live.service("onebox-dr-wal.timer").is_running
+    assert live.check_output("cat /etc/onebox/server-id") == before
+    assert not live.check_output("ls /tmp | grep onebox-recover- || true")
+
+
+def test_the_server_cannot_delete_or_overwrite_its_copies(live):
+    offsite = host(OFFSITE)
+    rc, snap = dr(TARGET, "backup")
+    assert rc == 0, snap
+    restic_before = held(OFFSITE, RESTIC)
+    snapshot = offsite.check_output(f"ls {RESTIC}/snapshots | head -n 1")
+    pack = offsite.check_output(f"find {RESTIC}/data -type f -printf '%s %f\\n' | sort -n | tail -n 1").split()[1]
+    # What restic forget and a tamperer would send, with the target's login.
+    assert rest_as_server("DELETE", f"snapshots/{snapshot}") == "403"
+    assert rest_as_server("POST", f"snapshots/{snapshot}", b"{}") == "403"
+    assert rest_as_server("POST", f"data/{pack}", b"tampered") == "403"
+    assert rest_as_server("DELETE", f"data/{pack}") == "403"
+    assert held(OFFSITE, RESTIC) == restic_before
+    # The WAL mirror through the target's key: no deletion, no overwrite.
+    segment = offsite.check_output(f"cd {WAL} && find pgbackrest/archive -type f -name '0000*' | sort | head -n 1")
+    wal_before = held(OFFSITE, f"{WAL}/pgbackrest/archive")
+    refused = live.run(
+        f"mkdir -p /tmp/empty && rsync -e '{SSH}' -r --delete /tmp/empty/ {MIRROR}/{segment.rsplit('/', 1)[0]}/"
+    )
+    assert refused.rc != 0 and "disabled" in refused.stderr, refused.stderr
+    live.check_output(f"echo junk > /tmp/junk && rsync -e '{SSH}' /tmp/junk {MIRROR}/{segment}")
+    assert live.run(f"rsync -e '{SSH}' --remove-source-files {MIRROR}/{segment} /tmp/got").rc != 0
+    assert held(OFFSITE, f"{WAL}/pgbackrest/archive") == wal_before
+    # onebox-dr's probe (site.yml runs it) says so, and the metric.
+    rc, probe = dr(TARGET, "probe")
+    assert rc == 0 and probe == {"restic": True, "wal": True}, probe
+    prom = live.file("/var/lib/prometheus/node-exporter/onebox_offsite.prom").content_string
+    assert 'onebox_offsite_append_only{copy="restic"} 1' in prom and 'onebox_offsite_append_only{copy="wal"} 1' in prom
+
+
+def test_the_prune_run_applies_retention_and_prunes_the_wal_with_its_base_backup(live):
+    """offsite-prune.yml on the off-site host, as the owner of the copies:
+    restic keeps the 2 newest snapshots; pgBackRest on the target expired
+    its first full backup when a second one was taken, the mirror still had
+    it (the server cannot delete), the prune run removes it and the WAL only
+    it needed. The recovery below restores from what is left."""
+    offsite = host(OFFSITE)
+    for _ in range(2):
+        assert dr(TARGET, "backup")[0] == 0
+    assert int(offsite.check_output(f"ls {RESTIC}/snapshots | wc -l")) >= 3
+    first = pitr_info(TARGET)[0]["label"]
+    live.check_output(f"docker exec -u postgres shop-postgres pgbackrest --stanza={STANZA} --type=full backup")
+    now = pitr_info(TARGET)
+    assert [b["label"] for b in now] != [first] and len(now) == 1
+    second = now[0]
+
+    def mirrored():
+        newest = offsite.check_output(f"ls {WAL}/info | tail -n 1")
+        index = json.loads(offsite.check_output(f"cat {WAL}/info/{newest}/backups.json"))
+        return [b["label"] for b in index["backups"]] == [second["label"]]
+
+    deadline = time.monotonic() + 120
+    while not mirrored():
+        assert time.monotonic() < deadline, "the WAL mirror never got the new info version"
+        time.sleep(2)
+    backups = f"{WAL}/pgbackrest/backup/{STANZA}"
+    assert offsite.file(f"{backups}/{first}/backup.manifest").exists
+    proc = run_playbook("offsite-prune.yml", "-l", "targets", "--check", timeout=600)
+    assert proc.returncode == 0 and "would remove" in one_line(proc), one_line(proc)[-3000:]
+    assert offsite.file(f"{backups}/{first}").exists
+    proc = run_playbook("offsite-prune.yml", "-l", "targets", timeout=600)
+    out = one_line(proc)
+    assert proc.returncode == 0, out[-3000:]
+    assert "base backup(s)" in out and second["label"] in out
+    for secret in ("molecule-only-restic-password", "molecule-only-rest-password"):
+        assert secret not in out
+    assert int(offsite.check_output(f"ls {RESTIC}/snapshots | wc -l")) == 2
+    assert not offsite.file(f"{backups}/{first}").exists
+    assert offsite.file(f"{backups}/{second['label']}/backup.manifest").exists
+    oldest = offsite.check_output(
+        f"cd {WAL}/pgbackrest/archive && find . -type f -name '0000*' -printf '%f\\n' | cut -c1-24 | sort | head -n 1"
+    )
+    assert oldest == second["archive"]["start"], (oldest, second["archive"])
+
+
+@pytest.fixture(scope="module")
+def disaster(live):
+    """The whole story, once: returns what the tests check."""
+    out = {}
+    target = live
     # Uploads as the app writes them (through its container), and Redis keys.
     for i in range(20):
         folder = f"{UPLOADS}/u{i % 4}"
@@ -150,12 +318,13 @@ def disaster():
             f"head -c {4096 + i * 997} /dev/urandom > {folder}/f{i}.bin'"
         )
     for i in range(50):
-        target.check_output(f"docker exec shop-redis redis-cli SET onebox:key{i} value-{i}-{time.time()}")
+        redis_cli(TARGET, f"SET onebox:key{i} value-{i}-{time.time()}")
     with Writer() as writer:
         time.sleep(15)
         deploy("v2")
         history = [json.loads(x) for x in target.check_output("cat /var/lib/onebox/shop/releases.jsonl").splitlines()]
         out["v2_live_at"] = history[-1]["time"]
+        out["audit"] = target.check_output("cat /var/lib/onebox/shop/audit.log")
         t0 = time.monotonic()
         rc, snap = dr(TARGET, "backup")
         assert rc == 0, snap
@@ -194,6 +363,7 @@ def disaster():
     out["recover_seconds"] = round(time.monotonic() - started, 1)
     poller.join(timeout=60)
     out["rto_seconds"] = round(seen["at"] - started, 1) if "at" in seen else None
+    out["new_ip"] = new_ip
     return out
 
 
@@ -269,20 +439,43 @@ def test_the_weekly_drill_restores_to_a_point_in_time(disaster):
     assert "onebox_offsite_drill_success 1" in prom
 
 
+def before_v2(disaster):
+    """The rows around v2's migration: (before its marker, between the marker
+    and v2's release record, after it)."""
+    marker = audit_time(disaster["audit"], "migrate-start", "v2")
+    record = time.mktime(time.strptime(disaster["v2_live_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    written = disaster["rows_written"]
+    early = {i for i, at in written if at < marker - 1}
+    during = {i for i, at in written if marker + 1 < at < record - 1}
+    late = {i for i, at in written if at > record + 1}
+    # The migration takes seconds (sleep 4): rows went in while it ran.
+    assert early and during and late
+    return early, during, late
+
+
 def test_restore_to_just_before_a_release(disaster):
+    """onebox-dr restore-db --before-release shop:v2 on the recovered server,
+    live: just before v2's migration (not its release record), under the
+    app's deploy lock and maintenance page, both given back; the old data kept."""
     new = host(NEW)
-    rows_before = int(psql(NEW, "SELECT count(*) FROM ticks"))
     rc, result = dr(NEW, "restore-db", "--before-release", "shop:v2")
     assert rc == 0, result
-    v2 = time.mktime(time.strptime(disaster["v2_live_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-    target = v2 - 1
+    assert result["locked"] == ["shop"] and result["maintenance"] == ["shop"], result
+    assert "migrate-start of v2" in result["target_text"]
+    early, during, late = before_v2(disaster)
     ids = {int(x) for x in psql(NEW, "SELECT id FROM ticks").split()}
-    written = disaster["rows_written"]
-    assert {i for i, at in written if at < target - 1} <= ids
-    assert not {i for i, at in written if at > target + 1} & ids
-    assert len(ids) < rows_before
-    # What the database held before is kept, not deleted.
+    assert early <= ids
+    assert not (during | late) & ids
+    # v2 still runs on data from before its migration: said, with the way back.
+    assert result["releases_at_target"] == {"shop": "v1"}
+    assert "shop still runs v2" in " ".join(result["notes"]) and "rollback_to=v1" in " ".join(result["notes"])
+    # Traffic back, the lock free; what the database held is kept, not deleted.
+    assert answered(disaster["new_ip"], "v2")
+    assert not new.file("/var/lib/onebox/shop/deploy.lock").exists
+    assert not new.file("/var/lib/onebox/shop/maintenance-colour").exists
     assert new.file(result["kept_copy"]).is_directory
+    audit = new.check_output("cat /var/lib/onebox/shop/audit.log")
+    assert "maintenance-on via=onebox-dr restore-db" in audit and "maintenance-off via=onebox-dr restore-db" in audit
 
 
 def test_a_recovery_that_fails_puts_the_data_back(disaster):
@@ -306,6 +499,51 @@ def test_a_target_before_the_oldest_base_backup_is_refused(disaster):
     assert psql(NEW, "SELECT count(*) FROM ticks") == rows
 
 
+def test_recover_yml_over_a_live_server_takes_a_safety_copy_and_deploys_the_release_of_that_moment(disaster):
+    """recover.yml on the recovered server, which serves traffic, told to
+    (recover_over_live) and to just before v2: a verified copy of the
+    database first (recorded, the command that puts it back printed), the
+    maintenance page meanwhile, then v1 deployed (the release live at that
+    moment), not v2."""
+    new = host(NEW)
+    proc = run_playbook(
+        "recover.yml",
+        "-l",
+        "recovery",
+        "-e",
+        "recover_over_live=true",
+        "-e",
+        "recover_before_release=shop:v2",
+        timeout=1800,
+    )
+    out = one_line(proc)
+    assert proc.returncode == 0, out[-4000:]
+    copy = new.check_output("ls /var/backups/onebox/shop | grep '^prerecover-shop-.*\\.dump$' | tail -n 1")
+    path = f"/var/backups/onebox/shop/{copy}"
+    assert new.run(f"cd /var/backups/onebox/shop && sha256sum -c {copy}.sha256").rc == 0
+    assert (
+        f"to put it back after this run: ansible-playbook playbooks/restore.yml -l {NEW} -e app=shop "
+        f"-e restore_backup={path} -e restore_into_live=true -e restore_confirm=true"
+    ) in out
+    assert f"recover-safety-copy database=shop path={path}" in new.check_output("cat /var/lib/onebox/shop/audit.log")
+    assert "migrate-start of v2" in out and "Releases: shop v1" in out
+    # v1 answers, deployed by recover.yml; the data is from before v2's migration.
+    assert answered(disaster["new_ip"], "v1")
+    history = [json.loads(x) for x in new.check_output("cat /var/lib/onebox/shop/releases.jsonl").splitlines()]
+    assert (history[-1]["version"], history[-1]["by"]) == ("v1", "recover.yml")
+    early, during, late = before_v2(disaster)
+    ids = {int(x) for x in psql(NEW, "SELECT id FROM ticks").split()}
+    assert early <= ids and not (during | late) & ids
+    assert checksums(NEW) == disaster["uploads"]
+    assert not new.file("/var/lib/onebox/shop/maintenance-colour").exists
+    for secret in (
+        "molecule-only-restic-password",
+        "molecule-only-pgbackrest-passphrase",
+        "molecule-only-rest-password",
+    ):
+        assert secret not in out
+
+
 def bad_config(new, **change):
     """A copy of the settings with CHANGE, as a mistaken inventory would give."""
     cfg = json.loads(new.check_output("cat /etc/onebox/offsite.json"))
@@ -324,7 +562,7 @@ def test_a_wrong_password_and_an_unreachable_host_are_clear_errors(disaster):
     new.check_output("printf 'not-the-password' > /tmp/wrong-password && chmod 600 /tmp/wrong-password")
     rc, err = dr(NEW, "check", config=bad_config(new, password_file="/tmp/wrong-password"))
     assert rc == 1 and "wrong password" in err, err
-    rc, err = dr(NEW, "backup", config=bad_config(new, ssh_port=2222))
+    rc, err = dr(NEW, "backup", config=bad_config(new, repository="rest:https://onebox-backup-offsite:8001/box/"))
     assert rc == 1 and "cannot reach" in err, err
     # The timer's metric says so (OffsiteBackupFailing fires on it).
     prom = new.file("/var/lib/prometheus/node-exporter/onebox_offsite.prom").content_string
@@ -332,14 +570,12 @@ def test_a_wrong_password_and_an_unreachable_host_are_clear_errors(disaster):
 
 
 def test_a_tampered_offsite_copy_is_caught_before_restore(disaster):
-    new, offsite = host(NEW), host("onebox-backup-offsite")
+    new, offsite = host(NEW), host(OFFSITE)
     new.check_output("systemctl stop onebox-dr-wal.timer onebox-dr-backup.timer")
     rows = psql(NEW, "SELECT count(*) FROM ticks")
     uploads = checksums(NEW)
     # A WAL segment cut short in the mirror: pgbackrest verify refuses it.
-    segment = offsite.check_output(
-        "find /srv/backups/box/wal/pgbackrest/archive -type f -name '0000*' -size +1k | sort | tail -n 1"
-    )
+    segment = offsite.check_output(f"find {WAL}/pgbackrest/archive -type f -name '0000*' -size +1k | sort | tail -n 1")
     assert segment
     offsite.check_output(f"truncate -s 512 {segment}")
     rc, manifest = dr(NEW, "fetch", "/var/lib/onebox-dr/recheck")
@@ -348,9 +584,7 @@ def test_a_tampered_offsite_copy_is_caught_before_restore(disaster):
     assert rc == 1 and "pgbackrest verify" in err, err
     assert psql(NEW, "SELECT count(*) FROM ticks") == rows
     # A restic pack cut short: restic check fails before anything is restored.
-    pack = offsite.check_output(
-        "find /srv/backups/box/restic/data -type f -printf '%s %p\\n' | sort -n | tail -n 1"
-    ).split()[1]
+    pack = offsite.check_output(f"find {RESTIC}/data -type f -printf '%s %p\\n' | sort -n | tail -n 1").split()[1]
     offsite.check_output(f"truncate -s 100 {pack}")
     rc, err = dr(NEW, "fetch", "/var/lib/onebox-dr/recheck2")
     assert rc == 1, err
