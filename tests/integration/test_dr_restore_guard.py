@@ -97,8 +97,12 @@ class Server:
         return describe_servers(self.client, self.backend)
 
     def dr(self, *args):
+        proc = self.run_dr(*args)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    def run_dr(self, *args):
         env = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER",)}
-        proc = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-c", WRAPPER, LIB, str(self.state), str(self.etc), PROGRAM, "--config", str(self.config)]
             + list(args),
             capture_output=True,
@@ -107,7 +111,6 @@ class Server:
             timeout=300,
             check=False,
         )
-        return proc.returncode, proc.stdout + proc.stderr
 
     def audit(self):
         return release_log.read_audit(str(self.state / self.name / "audit.log"))
@@ -148,6 +151,17 @@ def test_a_server_with_a_running_release_serves_and_a_new_one_does_not(server, t
     server.state, server.config = tmp_path / "fresh", tmp_path / "fresh" / "offsite.json"
     rc, out = server.dr("serving")
     assert rc == 0 and json.loads(out) == {"apps": [], "reasons": [], "serving": False}, out
+
+
+def test_a_torn_history_line_is_reported_and_serving_still_answers(server):
+    """A write cut short at the end of releases.jsonl (a full disk, a killed
+    deploy): onebox-dr says so on stderr and reads the rest."""
+    with open(server.state / server.name / "releases.jsonl", "ab") as fh:
+        fh.write(b'{"version": "v2", "colo')
+    proc = server.run_dr("serving")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["serving"] is True
+    assert "onebox-dr: warning:" in proc.stderr and "torn line" in proc.stderr, proc.stderr
 
 
 def test_maintenance_on_and_off(server):

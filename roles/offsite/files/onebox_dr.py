@@ -133,12 +133,17 @@ def backend_view(cfg, name):
     return servers
 
 
+def warn(message):
+    """A warning on stderr (stdout is the JSON the playbooks read)."""
+    print(f"onebox-dr: warning: {message}", file=sys.stderr)
+
+
 def serving(cfg):
     """What this server shows of serving traffic (offsite.serving_reasons)."""
     views = []
     for app in known_apps(cfg):
         paths = model.paths(app["name"])
-        history = release_log.read_releases(paths["releases"])
+        history = release_log.read_releases(paths["releases"], warn)
         colours = docker_colours(app["name"])
         views.append(
             {
@@ -437,7 +442,7 @@ def restore_files(cfg, manifest):
                     if os.path.exists(os.path.join(dest, name)):
                         shutil.copy2(os.path.join(dest, name), os.path.join(dest, f"{name}.before-recovery"))
                     shutil.copy2(os.path.join(src, name), os.path.join(dest, name))
-            history = release_log.read_releases(os.path.join(dest, "releases.jsonl"))
+            history = release_log.read_releases(os.path.join(dest, "releases.jsonl"), warn)
             apps.append({"app": app, "last_release": pitr.last_release(history)})
     etc = os.path.join(root, "etc/onebox")
     beside = ""
@@ -468,7 +473,7 @@ def histories(root="/"):
         if not os.path.isfile(os.path.join(folder, "releases.jsonl")):
             continue
         entries = [release_log.parse_audit_line(x) for x in release_log.read_audit(os.path.join(folder, "audit.log"))]
-        out[app] = (release_log.read_releases(os.path.join(folder, "releases.jsonl")), [e for e in entries if e])
+        out[app] = (release_log.read_releases(os.path.join(folder, "releases.jsonl"), warn), [e for e in entries if e])
     return out
 
 
