@@ -56,11 +56,15 @@ def test_the_deploy_user_can_tunnel_to_a_local_port(target, client):
     deploy user (local forwarding only); forwarding stays off for others."""
     target.run("systemctl stop onebox-test-tunnel")
     target.check_output("systemd-run --unit onebox-test-tunnel python3 -m http.server --bind 127.0.0.1 18090")
+    # systemd-run returns before the server listens (seconds on a busy machine).
+    target.check_output(
+        "for i in $(seq 100); do ss -Hltn 'sport = :18090' | grep -q . && exit 0; sleep 0.2; done; exit 1"
+    )
     try:
         client.check_output(
             f"{SSH} {MUX} -i /root/id_ed25519 -O forward -L 127.0.0.1:19090:127.0.0.1:18090 deploy@target"
         )
-        res = client.run("curl -s -o /dev/null -w '%{http_code}' --retry 5 --retry-connrefused http://127.0.0.1:19090/")
+        res = client.run("curl -s -o /dev/null -w '%{http_code}' --retry 5 --retry-all-errors http://127.0.0.1:19090/")
         assert res.stdout == "200", res.stdout + res.stderr
     finally:
         client.run(f"{SSH} {MUX} -O cancel -L 127.0.0.1:19090:127.0.0.1:18090 deploy@target")
