@@ -19,7 +19,9 @@ class ActionModule(ActionBase):
         args = self._task.args
         try:
             apps = site_plan.public(args.get("apps") or [])
-            lines, warnings = site_plan.summary(apps, dict(args.get("switches") or {}), dict(args.get("settings") or {}))
+            lines, warnings = site_plan.summary(
+                apps, dict(args.get("switches") or {}), dict(args.get("settings") or {})
+            )
         except (KeyError, TypeError, ValueError) as exc:
             return dict(result, failed=True, msg=f"site_summary: {exc}")
         # Shown as debug shows its message, without -v.
