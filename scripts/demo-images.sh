@@ -19,12 +19,23 @@ if ! "$BUSYBOX" --list 2>/dev/null | grep -qx httpd; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 mkdir -p .cache/images
+# Scenarios run side by side and each asks for the images: one builds them
+# while the others wait.
+exec 9>.cache/images/.demo.lock
+flock 9
 REV=7
 for v in v1 v2 v3 v4 v5 v6; do
   tar=.cache/images/demo-$v.tar
-  # REV: bump when the image changes, so an older build is replaced.
+  # REV: bump when the image changes, so an older build is replaced. The
+  # archive must hold this very image (its id beside it in demo-vN.tar.id):
+  # an archive of an older build would go on being loaded on the servers.
+  id=$(docker image inspect -f '{{.Id}}' "local/demo:$v" 2>/dev/null || true)
   if [ "$(docker image inspect -f '{{index .Config.Labels "onebox_demo_rev"}}' "local/demo:$v" 2>/dev/null)" = "$REV" ] &&
-    [ -s "$tar" ]; then continue; fi
+    [ -s "$tar" ] && [ "$(cat "$tar.id" 2>/dev/null)" = "$id" ]; then continue; fi
+  if [ "$(docker image inspect -f '{{index .Config.Labels "onebox_demo_rev"}}' "local/demo:$v" 2>/dev/null)" = "$REV" ]; then
+    docker save -o "$tar" "local/demo:$v" && printf '%s\n' "$id" >"$tar.id"
+    continue
+  fi
   root=$(mktemp -d)
   chmod 755 "$root"
   mkdir -p "$root/bin" "$root/www" "$root/tmp"
@@ -157,5 +168,6 @@ RAILS
   tar -C "$root" -c . | docker import "${changes[@]}" - "local/demo:$v" >/dev/null
   rm -rf "$root"
   docker save -o "$tar" "local/demo:$v"
+  docker image inspect -f '{{.Id}}' "local/demo:$v" >"$tar.id"
 done
-echo "demo images: $(cd .cache/images && printf '%s ' *)"
+echo "demo images: $(cd .cache/images && printf '%s ' *.tar)"

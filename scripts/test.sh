@@ -33,6 +33,8 @@ stage_setup() {
   make -s venv || return 1
   bash scripts/engine.sh || return 1
   bash scripts/images.sh all || return 1
+  # Built once here, not by the first of the scenarios that ask at once.
+  bash scripts/demo-images.sh || return 1
 }
 
 stage_lint() {
