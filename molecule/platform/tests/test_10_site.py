@@ -47,6 +47,18 @@ def test_the_production_inventory_turns_everything_on():
     assert warnings == [], warnings
 
 
+def test_the_off_site_copies_refuse_a_deletion_from_the_server():
+    """The storage host as the README sets it up: site.yml asked the copies
+    (onebox-dr probe) and neither the restic endpoint nor the WAL mirror let
+    the server's credentials delete."""
+    with open(LOG, encoding="utf-8", errors="replace") as fh:
+        text = fh.read()
+    assert "TASK [onebox.platform.offsite : Ask the copies whether they refuse a deletion from this server]" in text
+    probe = r"WARNING: (?:the restic endpoint|the keys of|the WAL mirror|onebox-dr probe could not)[^\n]*"
+    warned = re.findall(probe, text)
+    assert warned == [], warned
+
+
 def test_every_domain_has_a_certificate_from_the_acme_ca(target, base_url):
     # Pebble's root changes at every start: read it from its management port.
     root = target.check_output("curl -sk https://127.0.0.1:15000/roots/0")

@@ -20,7 +20,8 @@ HOST_VARS = os.path.join(HERE, "host_vars", "onebox-platform-target")
 # Each key host_vars may set, by reason (main.yml's header says the same).
 ALLOWED = {
     "keys": {"base_deploy_user_authorized_keys", "offsite_host_key", "vault_offsite_ssh_key"},
-    "host": {"onebox_registry", "offsite_repository", "offsite_wal_target", "haproxy_acme_directory",
+    "host": {"onebox_registry", "offsite_repository", "offsite_wal_target", "offsite_rest_cacert",
+             "haproxy_acme_directory",
              "haproxy_acme_ca_bundle"},
     "here": {"postgres_image", "postgres_image_archive", "postgres_redis_image", "postgres_redis_image_archive",
              "docker_daemon_options", "monitoring_method", "monitoring_render_only"},
