@@ -7,8 +7,11 @@
 #      collections galaxy.yml declares as dependencies (Galaxy is not
 #      reachable here: their tarballs are made from the `ansible` package
 #      in .venv, the same content Galaxy serves);
-#   3. with the oldest, `ansible-playbook onebox.platform.site` against a
-#      fresh throwaway server of its own; with each, the deploy step of
+#   3. with the oldest, the previous version's collection and
+#      inventories/local converge a fresh throwaway server and deploy its
+#      apps, then `ansible-playbook onebox.platform.site` of this one moves
+#      it over under load (no failed request; each app on its own database
+#      role and Redis user); with each, the deploy step of
 #      examples/ci/github/workflows/deploy.yml, its exact `run:` text, with
 #      the example's environment pointed at that server; with the newest,
 #      the rollback workflow's step too.
@@ -114,6 +117,78 @@ answers() {
   [[ $answer == *"\"$1\""* ]] || { echo "demo does not answer $1" >&2; return 1; }
 }
 
+# The previous version (UPGRADE_FROM: the last main before the apps were
+# isolated from each other), its collection and its inventories/local, on the
+# fresh server: site.yml, then each app deployed, as a user had it.
+UPGRADE_FROM=${ONEBOX_UPGRADE_FROM:-9ed5ef5}
+previous_version_server() {
+  local venv=$1 old=$WORK/previous
+  mkdir -p "$old/tree" "$old/collections"
+  git archive "$UPGRADE_FROM" | tar -x -C "$old/tree"
+  ln -sfn "$ROOT/.cache" "$old/tree/.cache"   # its inventory's images and key, as in a checkout
+  "$venv/bin/ansible-galaxy" collection build "$old/tree" --output-path "$old/dist" >/dev/null
+  (cd "$WORK" && env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH="$old/collections" "$venv/bin/ansible-galaxy" collection install \
+    --offline -p "$old/collections" "$old"/dist/*.tar.gz "$WORK"/dist/community-*.tar.gz "$WORK"/dist/ansible-*.tar.gz >/dev/null)
+  previous() {
+    (cd "$WORK" && env -u ANSIBLE_CONFIG ANSIBLE_COLLECTIONS_PATH="$old/collections" ANSIBLE_PIPELINING=1 PATH="$venv/bin:$PATH" "$@")
+  }
+  previous ansible-playbook onebox.platform.site -i "$old/tree/inventories/local" >"$WORK/previous-site.log" ||
+    { tail -40 "$WORK/previous-site.log"; return 1; }
+  for app in demo blog mailer; do
+    previous ansible-playbook onebox.platform.deploy -i "$old/tree/inventories/local" -e app=$app -e version=v1 \
+      >"$WORK/previous-deploy.log" || { tail -40 "$WORK/previous-deploy.log"; return 1; }
+  done
+  answers v1
+  stamp "previous version ($UPGRADE_FROM): site.yml and demo, blog, mailer v1"
+}
+
+# Requests to both web apps, about 20 a second each, until stop_load (at
+# most 25 minutes, 30,000 requests each): every answer's status in a file,
+# and "stopped" at its end when it lasted until stop_load.
+start_load() {
+  LOAD_PIDS=()
+  rm -f "$WORK/stop-load"
+  for host in demo.localhost blog.localhost; do
+    (end=$((SECONDS + 1500)) n=0
+     while [[ ! -e $WORK/stop-load && $SECONDS -lt $end && $n -lt 30000 ]]; do
+       curl -s -o /dev/null -m 10 -w '%{http_code}\n' -H "Host: $host" "http://127.0.0.1:$ONEBOX_LOCAL_HTTP_PORT/health" || echo 000
+       n=$((n + 1))
+       sleep 0.05
+     done >"$WORK/load-$host"
+     [[ -e $WORK/stop-load ]] && echo stopped >"$WORK/load-$host.end") &
+    LOAD_PIDS+=($!)
+  done
+}
+
+stop_load() {
+  touch "$WORK/stop-load"
+  wait "${LOAD_PIDS[@]}"
+}
+
+# 0 failed requests while it moved over; each app now runs with its own
+# database role (and demo with its own Redis), its tables handed to the role.
+check_moved_over() {
+  local host total bad
+  for host in demo.localhost blog.localhost; do
+    total=$(wc -l <"$WORK/load-$host")
+    bad=$(grep -vc '^200$' "$WORK/load-$host" || true)
+    echo "--- install: $host during the move: $total requests, $bad not 200"
+    [[ -e $WORK/load-$host.end ]] || { echo "the load on $host ended before site.yml did" >&2; return 1; }
+    ((total > 100 && bad == 0)) || { echo "requests failed while site.yml moved the server over" >&2; return 1; }
+  done
+  local env
+  # The live colour: the one site.yml started last (the other one stands by
+  # with the old environment, as the fallback of a blue-green switch).
+  env=$(docker exec "$ONEBOX_LOCAL_NAME" sh -c 'docker inspect -f "{{.Created}} {{json .Config.Env}}" \
+    $(docker ps -q --filter name=^demo-blue$ --filter name=^demo-green$) | sort | tail -n 1')
+  [[ $env == *'DATABASE_URL=postgres://demo:'* && $env == *'REDIS_URL=redis://demo:'* && $env != *'postgres://postgres:'* ]] ||
+    { echo "demo still runs with the superuser's DATABASE_URL" >&2; return 1; }
+  docker exec "$ONEBOX_LOCAL_NAME" docker exec demo-postgres psql -U postgres -XAtc \
+    "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'demo'" | grep -qx demo ||
+    { echo "the demo database is not its role's" >&2; return 1; }
+  stamp "moved over: demo runs as its own role and Redis user"
+}
+
 for core in "${CORES[@]}"; do
   venv=$ROOT/.cache/install/core-$core
   if [[ ! -x $venv/bin/ansible-playbook ]]; then
@@ -136,8 +211,14 @@ for core in "${CORES[@]}"; do
   # goes on to the pipeline's steps on that server. A second site.yml here
   # cost 80 s of make test's 45 minutes.
   if [[ $core == "$OLDEST" ]]; then
+    # An existing server, as the previous version left it, moved over by
+    # this version's site.yml under load (issue 23: without downtime).
+    previous_version_server "$venv"
+    start_load
     run ansible-playbook onebox.platform.site -i "$ROOT/inventories/local"
-    stamp "ansible-core $core: site.yml"
+    stop_load
+    stamp "ansible-core $core: site.yml over the previous version's server"
+    check_moved_over
   fi
   printf 'not-secret-local-vault-password' >"$WORK/vault-pass"
   pipeline_env=(ONEBOX_INVENTORY="$ROOT/inventories/local" ONEBOX_LIMIT=local ONEBOX_APP=demo
