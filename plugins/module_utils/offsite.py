@@ -508,10 +508,10 @@ class Mirror:
             return
         groups = {}
         for rel in files:
-            parent, _, name = rel.rpartition("/")
+            parent, _sep, name = rel.rpartition("/")
             groups.setdefault(parent, []).append(f"/{name}")
         for rel in trees:
-            parent, _, name = rel.rpartition("/")
+            parent, _sep, name = rel.rpartition("/")
             groups.setdefault(parent, []).append(f"/{name}/***")
         with tempfile.TemporaryDirectory() as tmp:
             rules, empty = os.path.join(tmp, "rules"), os.path.join(tmp, "empty")
@@ -996,7 +996,8 @@ class Offsite:
             request.add_header("Authorization", f"Basic {token}")
         context = ssl.create_default_context(cafile=self.cfg.get("cacert") or None)
         try:
-            with urllib.request.urlopen(request, timeout=15, context=context):
+            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+            with opener.open(request, timeout=15):
                 return False
         except urllib.error.HTTPError as exc:
             return {403: True, 404: False}.get(exc.code)

@@ -142,7 +142,7 @@ def test_a_server_with_a_running_release_serves_and_a_new_one_does_not(server, t
     import urllib.request
 
     port = int((tmp_path / "haproxy.cfg").read_text().split("bind 127.0.0.1:")[1].split()[0])
-    for _ in range(3):
+    for _request in range(3):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
     rc, out = server.dr("serving")
     assert json.loads(out)["serving"] is True and "HAProxy sends its traffic to blue" in out, out

@@ -82,7 +82,7 @@ def test_nothing_a_kept_backup_needs_is_deleted(history, server_keep, keep_full)
 
 
 def test_the_oldest_backups_and_their_wal_go():
-    files, versions, _ = mirror_of(["full", "diff", "full", "diff", "full"], server_keep_full=2)
+    files, versions, _backups = mirror_of(["full", "diff", "full", "diff", "full"], server_keep_full=2)
     plan = offsite.plan_wal_prune(files, versions, keep_full=2)
     assert [p.rsplit("/", 1)[-1] for p in plan["backups"]] == [label_at(1, "full"), label_at(2, "diff", 1)]
     assert plan["wal_from"] == {STANZA: seg(9)}
@@ -92,7 +92,7 @@ def test_the_oldest_backups_and_their_wal_go():
 
 
 def test_without_the_start_of_a_kept_backup_no_wal_is_deleted():
-    files, versions, _ = mirror_of(["full", "full", "full"], server_keep_full=1)
+    files, versions, _backups = mirror_of(["full", "full", "full"], server_keep_full=1)
     # The newest index lost (an old mirror, from before the indexes).
     versions = [(name, ok, None) for name, ok, _i in versions]
     plan = offsite.plan_wal_prune(files, versions, keep_full=1)
@@ -110,7 +110,7 @@ def test_an_upload_cut_short_is_not_a_version():
 
 
 def test_a_partly_uploaded_version_older_than_a_good_one_goes():
-    files, versions, _ = mirror_of(["full", "full"], server_keep_full=2)
+    files, versions, _backups = mirror_of(["full", "full"], server_keep_full=2)
     versions.insert(1, ("20261101T000000Z-000000000000", False, None))
     plan = offsite.plan_wal_prune(files, versions, keep_full=2)
     assert plan["versions"] == ["20261101T000000Z-000000000000"]

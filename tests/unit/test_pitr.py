@@ -238,7 +238,10 @@ def test_a_restore_touches_the_apps_whose_data_it_overwrites():
         {"name": "blog", "database_container": "blog-db", "volumes": [], "redis_container": ""},
         {"name": "mailer", "database_container": "app-postgres", "volumes": [], "redis_container": ""},
     ]
-    names = lambda found: [a["name"] for a in found]  # noqa: E731
+
+    def names(found):
+        return [a["name"] for a in found]
+
     assert names(offsite.touched_apps(apps, "restore-db", pitr_container="app-postgres")) == ["shop", "mailer"]
     manifest = {"volumes": {"onebox_shop_uploads": "/x"}, "redis": [{"container": "shop-redis"}]}
     assert names(offsite.touched_apps(apps, "restore-volumes", manifest)) == ["shop"]

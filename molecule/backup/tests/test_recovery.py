@@ -267,7 +267,7 @@ def test_the_prune_run_applies_retention_and_prunes_the_wal_with_its_base_backup
     it (the server cannot delete), the prune run removes it and the WAL only
     it needed. The recovery below restores from what is left."""
     offsite = host(OFFSITE)
-    for _ in range(2):
+    for _attempt in range(2):
         assert dr(TARGET, "backup")[0] == 0
     assert int(offsite.check_output(f"ls {RESTIC}/snapshots | wc -l")) >= 3
     first = pitr_info(TARGET)[0]["label"]

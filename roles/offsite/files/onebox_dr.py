@@ -107,7 +107,9 @@ def docker_colours(name):
     names = {colour: f"{name}-{colour}" for colour in model.COLOURS}
     found = {}
     try:
-        proc = subprocess.run(["docker", "container", "inspect", *names.values()], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["docker", "container", "inspect", *names.values()], capture_output=True, text=True, check=False
+        )
         found = {c["Name"].lstrip("/"): c for c in json.loads(proc.stdout or "[]")}
     except (OSError, ValueError):
         pass
