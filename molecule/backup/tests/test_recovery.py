@@ -147,7 +147,7 @@ def redis_cli(server, args):
     password from its file on the server, in the environment, not on a
     command line."""
     return host(server).check_output(
-        'REDISCLI_AUTH="$(cat /etc/onebox/shop/redis/password)" '
+        'REDISCLI_AUTH="$(cat /etc/onebox/shop/redis.password)" '
         f"docker exec -e REDISCLI_AUTH shop-redis redis-cli --user shop --no-auth-warning --raw {args}"
     )
 
