@@ -479,13 +479,14 @@ def test_a_request_longer_than_the_drain_timeout_is_cut_and_reported(base_url, t
     retried by HAProxy on the live colour - retry-on empty-response - and
     answers after all: an earlier run of this test saw exactly that.)"""
     held = {}
-    t = long_request(base_url, 50, held, method="POST")
+    # Longer than two deploys on a busy machine (haproxy_timeout_server: 180s here).
+    t = long_request(base_url, 150, held, method="POST")
     rc, out, _s = play("deploy.yml", "-e", "app_version=v2")
     assert rc == 0, out[-3000:]
     live_before = releases(target)[-1]["previous_colour"]
     rc, out, _s = play("deploy.yml", "-e", "app_version=v1", "-e", "app_drain_timeout=3")
     assert rc == 0, out[-3000:]
-    t.join(90)
+    t.join(200)
     assert f"WARNING: 1 session(s) on {live_before} outlived app_drain_timeout=3s" in out, out[-3000:]
     audit = target.check_output("cat /var/lib/onebox/demo/audit.log")
     assert f"drain-timeout colour={live_before} sessions_cut=1 after=3s" in audit
