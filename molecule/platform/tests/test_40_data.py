@@ -160,3 +160,25 @@ def test_a_truncated_backup_is_refused_by_its_checksum(target):
     assert rc != 0 and "checksum" in out.lower(), out[-2000:]
     assert sql(target, "SELECT count(*) FROM orders") == before
     target.check_output(f"rm -f {cut} {cut}.sha256")
+
+
+def test_one_app_is_backed_up_and_restored_in_its_own_postgresql(target):
+    """backup.yml -e app=blog backs up blog alone; restore.yml -e app=blog
+    restores that dump inside blog's own PostgreSQL container, into a scratch
+    copy owned by blog's role."""
+    blog = "docker exec blog-postgres psql -U postgres -X -A -t -d {db} -c {sql}"
+
+    def blog_sql(query, db="blog"):
+        return target.check_output(blog.format(db=db, sql=shlex.quote(query))).strip()
+
+    blog_sql("CREATE TABLE IF NOT EXISTS notes (id int PRIMARY KEY, what text); "
+             "INSERT INTO notes VALUES (1, 'blog kept') ON CONFLICT DO NOTHING")  # fmt: skip
+    proc = run_playbook("backup.yml", "-l", "production", "-e", "app=blog", timeout=600)
+    out = one_line(proc)
+    assert proc.returncode == 0, out[-2000:]
+    assert "backup of blog:" in out and "backup of shop:" not in out, out[-2000:]
+    rc, out = restore("-e", "app=blog")
+    assert rc == 0 and "into blog_restore" in out, out[-2000:]
+    assert blog_sql("SELECT what FROM notes", db="blog_restore") == "blog kept"
+    owner = blog_sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'blog_restore'", db="postgres")
+    assert owner == "blog", owner
