@@ -117,9 +117,10 @@ def test_every_readme_command_runs_as_written(target, base_url):
     # The app can still use its tables (they belong to its role).
     rc = target.run(
         "docker run --rm --network onebox_shop --env-file /etc/onebox/shop/app.env --entrypoint sh local/postgres:15 "
-        '-c \'psql "$DATABASE_URL" -Xc "INSERT INTO orders VALUES (3, $$by the app$$)"\''
+        '-c \'psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -Xc "INSERT INTO orders VALUES (3, current_user)"\''
     )
     assert rc.rc == 0, rc.stdout + rc.stderr
+    assert sql(target, "SELECT what FROM orders WHERE id = 3") == "shop"
     audit = target.check_output("cat /var/lib/onebox/shop/audit.log")
     assert re.search(r" restore /var/backups/onebox/shop/prerestore-shop-\S+ into shop .*by=", audit), audit[-1500:]
 
