@@ -93,6 +93,12 @@ def unknown_keys(client, count):
     return paths
 
 
+def assert_banned_even_for_the_right_key(client, target_ip, source):
+    """Once banned, SOURCE cannot connect at all, not even with the deploy key."""
+    refused = client.run(f"{SSH} -b {source} -i {RIGHT_KEY} -o IdentitiesOnly=yes deploy@{target_ip} true")
+    assert refused.rc == 255 and "Connection refused" in refused.stderr, refused.stderr
+
+
 def fingerprint(client, path):
     return client.check_output(f"ssh-keygen -lf {path}").split()[1]
 
@@ -149,8 +155,7 @@ def test_an_agent_with_three_unknown_keys_first_is_refused_then_banned(target, c
             break
     assert "Too many authentication failures" in attempts[0], attempts[0]
     assert banned_soon(target, source), attempts[-1]
-    refused = client.run(f"{SSH} -b {source} -i {RIGHT_KEY} -o IdentitiesOnly=yes deploy@{target_ip} true")
-    assert refused.rc == 255 and "Connection refused" in refused.stderr, refused.stderr
+    assert_banned_even_for_the_right_key(client, target_ip, source)
 
 
 @pytest.mark.parametrize("source", [243], indirect=True)
@@ -169,8 +174,7 @@ def test_password_guessing_is_refused_then_banned(target, client, target_ip, sou
             break
     assert "Permission denied (publickey)" in attempts[0], attempts[0]
     assert banned_soon(target, source), attempts[-1]
-    refused = client.run(f"{SSH} -b {source} -i {RIGHT_KEY} -o IdentitiesOnly=yes deploy@{target_ip} true")
-    assert refused.rc == 255 and "Connection refused" in refused.stderr, refused.stderr
+    assert_banned_even_for_the_right_key(client, target_ip, source)
 
 
 @pytest.mark.parametrize("source", [244], indirect=True)
@@ -184,5 +188,4 @@ def test_a_port_scanner_is_banned(target, client, target_ip, source):
             break
         probe(client, target_ip, source)
     assert banned_soon(target, source)
-    refused = client.run(f"{SSH} -b {source} -i {RIGHT_KEY} -o IdentitiesOnly=yes deploy@{target_ip} true")
-    assert refused.rc == 255 and "Connection refused" in refused.stderr, refused.stderr
+    assert_banned_even_for_the_right_key(client, target_ip, source)
