@@ -29,8 +29,12 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 TEXT_KEYS = ("maintenance_html",)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Databases and roles that are PostgreSQL's own: never an app's.
-RESERVED_DATABASES = ("postgres", "template0", "template1")
+# The login role postgres_exporter reads the shared PostgreSQL with
+# (pg_monitor, no superuser: the superuser cannot log in over the network),
+# its password generated once on the server in a root-only file.
+MONITOR_ROLE = "onebox_monitor"
+# Databases and roles that are PostgreSQL's own, or ours: never an app's.
+RESERVED_DATABASES = ("postgres", "template0", "template1", MONITOR_ROLE)
 DOMAIN = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # Host ports of the colours when the model names none: stable per app name
 # (inserting an app never moves another's ports), in 20000-27999, loopback only.
@@ -147,6 +151,8 @@ def paths(name):
         "maintenance_file": f"{STATE_ROOT}/{name}/maintenance-colour",
         # What the on-server onebox program needs of the app (no secrets).
         "settings": f"{CONFIG_ROOT}/{name}/app.json",
+        # Its environment (docker --env-file, secrets: root only).
+        "env_file": f"{CONFIG_ROOT}/{name}/app.env",
         "network": f"onebox_{name}",
     }
 
@@ -267,7 +273,7 @@ def data_stores(apps, secrets=True):
     PostgreSQL joins (those of the apps whose database is in it), each
     PostgreSQL container of an app's own, each app database with its role
     (one per database: the apps sharing it share the role) and each app's
-    Redis. Holds the passwords the model gives (database_password,
+    Redis, and the monitoring role of the shared PostgreSQL. Holds the passwords the model gives (database_password,
     redis_password; "" when one is to be generated): keep it out of output,
     or leave them out (SECRETS=False)."""
     shared, own, databases, redis = [], {}, {}, {}
@@ -306,6 +312,7 @@ def data_stores(apps, secrets=True):
         "own": [dict(v, networks=sorted(set(v["networks"]))) for _k, v in sorted(own.items())],
         "databases": [databases[k] for k in sorted(databases)],
         "redis": [dict(v, networks=sorted(set(v["networks"]))) for _k, v in sorted(redis.items())],
+        "monitor": {"role": MONITOR_ROLE, "password_file": f"{CONFIG_ROOT}/postgres/{MONITOR_ROLE}.password"},
     }
     if not secrets:
         for entry in out["databases"] + [u for r in out["redis"] for u in r["users"]]:
@@ -460,7 +467,9 @@ def _data_stores(app, where, errors):
     if db and (not isinstance(db, str) or not DATABASE.match(db)):
         errors.append(f"{where}: database {db!r} must be letters, digits and _ (a PostgreSQL name)")
     elif db in RESERVED_DATABASES:
-        errors.append(f"{where}: database {db!r} is PostgreSQL's own; name the app's database after the app")
+        errors.append(
+            f"{where}: database {db!r} is PostgreSQL's own or onebox's; name the app's database after the app"
+        )
     container = app["database_container"]
     if container and (not isinstance(container, str) or not NAME.match(container)):
         errors.append(f"{where}: database_container {container!r} must be a container name (letters, digits, _ and -)")

@@ -8,11 +8,24 @@ it here. Standard library only."""
 from __future__ import annotations
 
 
-def colour_info(name, container):
+def env_file_lines(text):
+    """The KEY=VALUE lines of an env file as `docker --env-file` reads them
+    (blank lines and comments left out): what a container started from it
+    has in its Config.Env."""
+    return [line for line in (text or "").splitlines() if line.strip() and not line.startswith("#") and "=" in line]
+
+
+def colour_info(name, container, env=None):
     """What a colour's container runs, from its `docker container inspect`
-    object (None when the container does not exist)."""
+    object (None when the container does not exist). ENV: the lines of the
+    app's env file as it is now (env_file_lines), when known: env_current
+    says whether the container was started with every one of them (False:
+    it runs with older credentials or settings, so it is no release to
+    switch back to as it is)."""
     if not container:
-        return dict(exists=False, running=False, version="", image="", image_id="", health="", container=name)
+        return dict(
+            exists=False, running=False, version="", image="", image_id="", health="", container=name, env_current=False
+        )
     config = container.get("Config") or {}
     state = container.get("State") or {}
     return dict(
@@ -25,6 +38,7 @@ def colour_info(name, container):
         # The image's ID (sha256:...), what the release history records as its digest.
         image_id=container.get("Image", ""),
         container=name,
+        env_current=env is None or set(env) <= set(config.get("Env") or []),
     )
 
 

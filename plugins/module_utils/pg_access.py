@@ -77,6 +77,14 @@ SELECT coalesce((SELECT concat_ws('|', rolsuper, rolcreaterole, rolcreatedb, rol
        coalesce((SELECT string_agg(DISTINCT d.datname, ',')
                  FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
                  WHERE d.datname IN ({public_dbs}) AND a.grantee = 0 AND a.privilege_type = 'CONNECT'), '')
+       || '#' ||
+       coalesce((SELECT string_agg(g.rolname, ',' ORDER BY g.rolname)
+                 FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid JOIN pg_roles u ON u.oid = m.member
+                 WHERE u.rolname = {role}), '')
+       || '#' ||
+       coalesce((SELECT 't' FROM pg_database d, aclexplode(d.datacl) a
+                 WHERE d.datname = {db} AND a.privilege_type = 'CONNECT'
+                   AND a.grantee = (SELECT oid FROM pg_roles WHERE rolname = {role})), 'f')
 """
 
 # Objects in the app's database still owned by the superuser (made before
@@ -153,9 +161,16 @@ $onebox$;
 def parse_facts(line):
     """FACTS_SQL's row as a dict: role (None when missing: else its flags and
     verifier), owner of the database ('' when missing), the databases PUBLIC
-    may still connect to."""
-    role, owner, public = (line.strip().split("#", 2) + ["", ""])[:3]
-    out = {"role": None, "owner": owner, "public_connect": sorted(x for x in public.split(",") if x)}
+    may still connect to, the roles it is a member of, and whether it was
+    granted CONNECT on the database itself."""
+    role, owner, public, member_of, connect = (line.strip().split("#", 4) + ["", "", "", "f"])[:5]
+    out = {
+        "role": None,
+        "owner": owner,
+        "public_connect": sorted(x for x in public.split(",") if x),
+        "member_of": sorted(x for x in member_of.split(",") if x),
+        "connect": connect == "t",
+    }
     if role:
         flags = role.split("|", 6)
         names = [*MUST_BE_OFF, "rolcanlogin"]
@@ -164,11 +179,13 @@ def parse_facts(line):
     return out
 
 
-def plan(facts, role, db, password, superuser, public_dbs, owned=0, salt=None):
+def plan(facts, role, db, password, superuser, public_dbs, owned=0, salt=None, owns_database=True, member_of=()):
     """The SQL that makes FACTS what is wanted, as (statements for the
     postgres database, statements for the app's database, what changes, in
     words). Empty when nothing is to change. The password goes in as a
-    verifier (SALT: for tests)."""
+    verifier (SALT: for tests). OWNS_DATABASE false: a role that only
+    connects to DB (an existing database, CONNECT granted), such as the
+    monitoring role; MEMBER_OF: the roles granted to it (pg_monitor)."""
     r, d = quote_ident(role), quote_ident(db)
     server, in_db, said = [], [], []
     verifier = None
@@ -189,6 +206,21 @@ def plan(facts, role, db, password, superuser, public_dbs, owned=0, salt=None):
             verifier = scram_verifier(password, salt)
             server.append(f"ALTER ROLE {r} WITH PASSWORD {quote_literal(verifier)}")
             said.append(f"set the password of role {role}")
+    for other in sorted(set(member_of) - set(facts.get("member_of") or [])):
+        server.append(f"GRANT {quote_ident(other)} TO {r}")
+        said.append(f"grant {other} to {role}")
+    if not owns_database:
+        if not facts["owner"]:
+            raise AccessError(
+                f"database {db} does not exist, so role {role} cannot connect to it. Nothing was changed."
+            )
+        if not facts.get("connect"):
+            server.append(f"GRANT CONNECT ON DATABASE {d} TO {r}")
+            said.append(f"grant CONNECT on {db} to {role}")
+        for other in sorted(x for x in facts["public_connect"] if x in public_dbs):
+            server.append(f"REVOKE CONNECT ON DATABASE {quote_ident(other)} FROM PUBLIC")
+            said.append(f"revoke CONNECT on {other} from PUBLIC")
+        return server, in_db, said
     if not facts["owner"]:
         server.append(f"CREATE DATABASE {d} OWNER {r}")
         said.append(f"create database {db} owned by {role}")
@@ -212,11 +244,22 @@ class AppRole:
     """Makes the login role of one app database with RUNNER (a pg_backup
     PgRunner connected as the superuser, in the database container)."""
 
-    def __init__(self, runner, role, db, password, superuser="postgres", public_dbs=("postgres", "template1")):
+    def __init__(
+        self,
+        runner,
+        role,
+        db,
+        password,
+        superuser="postgres",
+        public_dbs=("postgres", "template1"),
+        owns_database=True,
+        member_of=(),
+    ):
         if not password or len(password) < 12:
             raise AccessError(f"the password of role {role} must be 12 characters or more. Nothing was changed.")
         self.runner, self.role, self.db, self.password = runner, role, db, password
         self.superuser, self.public_dbs = superuser, tuple(public_dbs)
+        self.owns_database, self.member_of = owns_database, tuple(member_of)
 
     def _sql(self, sql, dbname="postgres", transaction=False):
         """Run SQL (on stdin: nothing of it on a command line) as the superuser."""
@@ -235,7 +278,7 @@ class AppRole:
             self._sql(FACTS_SQL.format(role=quote_literal(self.role), db=quote_literal(self.db), public_dbs=lits))
         )
         facts["owned_by_superuser"] = 0
-        if facts["owner"]:
+        if facts["owner"] and self.owns_database:
             count = self._sql(OWNED_SQL.format(superuser=quote_literal(self.superuser)), self.db)
             facts["owned_by_superuser"] = int(count or 0)
         return facts
@@ -243,7 +286,20 @@ class AppRole:
     def plan(self, facts=None):
         facts = self.facts() if facts is None else facts
         owned = facts["owned_by_superuser"]
-        return (facts, *plan(facts, self.role, self.db, self.password, self.superuser, self.public_dbs, owned))
+        return (
+            facts,
+            *plan(
+                facts,
+                self.role,
+                self.db,
+                self.password,
+                self.superuser,
+                self.public_dbs,
+                owned,
+                owns_database=self.owns_database,
+                member_of=self.member_of,
+            ),
+        )
 
     def apply(self):
         """Make it so; returns (changes said in words, facts before)."""

@@ -50,8 +50,8 @@ def choose(action, wanted, history, current, standby):
     """What a release does: deploy WANTED, or roll back (release the previous
     good version, or WANTED when named). CURRENT: the version the current
     colour runs; STANDBY: colour_info of the idle colour. Returns version,
-    standby_ready (the idle colour already runs it: a rollback is one switch,
-    no container is started) and leaving (the history entry of the release
+    standby_ready (the idle colour already runs it, with the current
+    environment: a rollback is one switch, no container is started) and leaving (the history entry of the release
     being left, whose pre-deploy backup a rollback's restore uses)."""
     known = [r.get("version") for r in history if r.get("version")]
     if action == "deploy":
@@ -76,7 +76,15 @@ def choose(action, wanted, history, current, standby):
     leaving = [r for r in history if r.get("version") == current and current]
     return dict(
         version=version,
-        standby_ready=bool(action == "rollback" and standby.get("running") and standby.get("version") == version),
+        # Not when it runs with an older environment (the app's database
+        # credentials or settings changed since it started): then the
+        # rollback starts VERSION again on it, with the env file as it is.
+        standby_ready=bool(
+            action == "rollback"
+            and standby.get("running")
+            and standby.get("version") == version
+            and standby.get("env_current", True)
+        ),
         leaving=leaving[-1] if leaving else {},
         pinned=pinned_digest(history, version) if action == "rollback" else "",
     )

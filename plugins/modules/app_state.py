@@ -56,6 +56,14 @@ options:
       - The file C(maintenance.yml) writes when it takes the app down, naming the colour that
         C(maintenance=off) brings back. While it exists and no colour is live, the app is in maintenance.
     type: path
+  env_file:
+    description:
+      - The app's env file as it is now (C(docker --env-file)). With it, each colour's RV(colours) entry says
+        in C(env_current) whether its container was started with every line of it, and a rollback to a standby
+        colour that runs with an older environment (its database credentials changed since, say) starts the
+        version again instead of switching to it (RV(release) C(standby_ready) false).
+      - Its contents are never returned. A missing file counts as unknown (every colour current).
+    type: path
   timeout:
     description: Socket timeout in seconds for HAProxy.
     type: float
@@ -133,12 +141,14 @@ haproxy_active:
   elements: str
   sample: [blue]
 colours:
-  description: Per colour, its container.
+  description: Per colour, its container (C(env_current) - started with the env file as it is now, see O(env_file)).
   returned: success
   type: dict
   sample:
-    blue: {exists: true, running: true, version: v2, image: "registry.example.com/shop:v2", container: shop-blue}
-    green: {exists: true, running: true, version: v1, image: "registry.example.com/shop:v1", container: shop-green}
+    blue: {exists: true, running: true, version: v2, image: "registry.example.com/shop:v2", container: shop-blue,
+           env_current: true}
+    green: {exists: true, running: true, version: v1, image: "registry.example.com/shop:v1", container: shop-green,
+            env_current: true}
 releases:
   description: The release history, oldest first (empty without O(history) or without the file).
   returned: success
@@ -156,7 +166,8 @@ rollback_target:
 release:
   description:
     - With O(action), the release chosen - C(version), C(standby_ready) (the idle colour already runs it, so a
-      rollback is one switch), C(leaving) (the history entry of the release being left) and C(pinned) (for a rollback,
+      rollback is one switch; not when it runs with an older environment),
+      C(leaving) (the history entry of the release being left) and C(pinned) (for a rollback,
       the registry digest the target version was deployed from, to pull instead of its tag; empty when none).
   returned: always (empty without O(action))
   type: dict
@@ -177,7 +188,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     describe_servers,
     live_servers,
 )
-from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, resolve
+from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, env_file_lines, resolve
 from ansible_collections.onebox.platform.plugins.module_utils.releases import ReleaseError, choose, rollback_target
 
 
@@ -193,6 +204,19 @@ def containers(module, names):
     except ValueError:
         module.fail_json(msg=f"docker container inspect printed something that is not JSON: {out[:200]}")
     return {c["Name"].lstrip("/"): c for c in found}
+
+
+def read_env(module, path):
+    """The env file's lines, or None when there is none (or no path)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return env_file_lines(fh.read())
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        module.fail_json(msg=f"Cannot read the env file {path}: {exc.strerror}. Is the play run with become?")
 
 
 def read_history(module, path):
@@ -218,6 +242,7 @@ def main():
             backend=dict(type="str"),
             colours=dict(type="list", elements="str", default=["blue", "green"]),
             history=dict(type="path"),
+            env_file=dict(type="path"),
             maintenance_file=dict(type="path"),
             timeout=dict(type="float", default=5.0),
             kind=dict(type="str", choices=["web", "worker"], default="web"),
@@ -231,7 +256,8 @@ def main():
         module.fail_json(msg=f"colours needs two or more different names, got {p['colours']}")
     names = {colour: f"{p['app']}-{colour}" for colour in p["colours"]}
     found = containers(module, list(names.values()))
-    colours = {colour: colour_info(name, found.get(name)) for colour, name in names.items()}
+    env = read_env(module, p["env_file"])
+    colours = {colour: colour_info(name, found.get(name), env) for colour, name in names.items()}
     if p["kind"] == "worker":
         # No HAProxy: the live colour of a worker is the one whose container runs.
         active = [c for c in p["colours"] if colours[c]["running"]]

@@ -52,6 +52,17 @@ options:
     type: list
     elements: str
     default: [postgres, template1]
+  owns_database:
+    description:
+      - V(false) makes a role that only connects to O(database), an existing database it is granted CONNECT on
+        (the monitoring role), instead of its owner; nothing in the database changes hands.
+    type: bool
+    default: true
+  member_of:
+    description: Roles granted to O(role), such as V(pg_monitor) for postgres_exporter. Others it has are left alone.
+    type: list
+    elements: str
+    default: []
   docker_bin:
     description: The docker command.
     type: str
@@ -76,6 +87,15 @@ EXAMPLES = r"""
     role: shop
     database: shop
     password_file: /etc/onebox/postgres/shop.password
+
+- name: postgres_exporter's role, which reads statistics and nothing else
+  onebox.platform.pg_app_role:
+    container: app-postgres
+    role: onebox_monitor
+    database: app
+    owns_database: false
+    member_of: [pg_monitor]
+    password_file: /etc/onebox/postgres/onebox_monitor.password
 """
 
 RETURN = r"""
@@ -106,6 +126,8 @@ def main():
             password=dict(type="str", no_log=True),
             password_file=dict(type="path", no_log=False),
             revoke_public_connect=dict(type="list", elements="str", default=["postgres", "template1"]),
+            owns_database=dict(type="bool", default=True),
+            member_of=dict(type="list", elements="str", default=[]),
             docker_bin=dict(type="str", default="docker"),
         ),
         required_one_of=[("password", "password_file")],
@@ -124,7 +146,16 @@ def main():
             )
     runner = PgRunner(user=p["superuser"], container=p["container"], docker=p["docker_bin"])
     try:
-        app = AppRole(runner, p["role"], p["database"], password, p["superuser"], p["revoke_public_connect"])
+        app = AppRole(
+            runner,
+            p["role"],
+            p["database"],
+            password,
+            p["superuser"],
+            p["revoke_public_connect"],
+            owns_database=p["owns_database"],
+            member_of=p["member_of"],
+        )
         if module.check_mode:
             facts, _server, _in_db, said = app.plan()
         else:

@@ -131,3 +131,20 @@ def test_a_sudo_user_that_would_forge_audit_lines_changes_nothing(tmp_path, work
         assert err.rstrip().endswith("Nothing was changed.")
         assert (sorted(os.listdir(state)), (state / "releases.jsonl").read_bytes()) == before  # no lock, no audit
     assert docker("inspect", "-f", "{{.State.Running}}", f"{name}-blue") == "true"
+
+
+def test_a_standby_started_with_older_credentials_is_not_switched_to(tmp_path, worker):
+    """After site.yml moved the app to credentials of its own, the stopped
+    colour still holds v1 with the old ones: onebox refuses to start it as it
+    is and says what does (rollback.yml starts v1 again with the env file)."""
+    name, state = worker
+    (tmp_path / "etc" / name / "app.env").write_text("# site.yml\nDATABASE_URL=postgres://cli:new@postgres:5432/cli\n")
+    before = (state / "releases.jsonl").read_bytes()
+    rc, out, err = onebox(tmp_path, "rollback", name)
+    assert rc == 1, out
+    assert "runs v1 with an older environment" in err and "playbooks/rollback.yml" in err
+    assert err.rstrip().endswith("Nothing was changed.")
+    assert "new" not in err  # the env file's values are never printed
+    assert (state / "releases.jsonl").read_bytes() == before
+    assert docker("inspect", "-f", "{{.State.Running}}", f"{name}-green") == "false"
+    assert docker("inspect", "-f", "{{.State.Running}}", f"{name}-blue") == "true"

@@ -157,3 +157,28 @@ def test_the_password_can_come_from_a_file_on_the_server(pg_container, names, tm
     assert as_role(pg_container, a, PW_A, a, "SELECT 1")[0] == 0
     rc, out = role(pg_container, a, a, None, password_file=str(tmp_path / "missing"))
     assert rc != 0 and "cannot read the password of role" in out["msg"]
+
+
+def test_a_monitoring_role_reads_statistics_and_no_data(pg_container, names):
+    a, mon = names
+    assert role(pg_container, a, a, PW_A)[0] == 0
+    assert as_role(pg_container, a, PW_A, a, "CREATE TABLE secrets (v text); INSERT INTO secrets VALUES ('x')")[0] == 0
+    args = dict(owns_database=False, member_of=["pg_monitor"])
+    rc, out = role(pg_container, mon, a, PW_B, **args)
+    assert rc == 0 and out["changed"], out
+    assert out["changes"] == [
+        f"create login role {mon}",
+        f"grant pg_monitor to {mon}",
+        f"grant CONNECT on {a} to {mon}",
+    ]
+    # Statistics of every database, as postgres_exporter reads them ...
+    rc, got = as_role(pg_container, mon, PW_B, a, "SELECT count(*) > 0 FROM pg_stat_database")
+    assert rc == 0 and got == "t", got
+    # ... but not the app's rows, nor ownership of anything.
+    rc, got = as_role(pg_container, mon, PW_B, a, "SELECT * FROM secrets")
+    assert rc != 0 and "permission denied" in got, got
+    assert pg_container.psql(f"SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{a}'") == a
+    rc, out = role(pg_container, mon, a, PW_B, **args)
+    assert rc == 0 and not out["changed"], out
+    rc, out = role(pg_container, mon, f"{a}_missing", PW_B, **args)
+    assert rc != 0 and "does not exist" in out["msg"] and "Nothing was changed" in out["msg"]

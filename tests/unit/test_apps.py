@@ -217,6 +217,10 @@ def test_databases_are_named_in_one_place_shared_or_own():
     "apps,message",
     [
         ([web("a", "a.example.com", database="postgres")], "database 'postgres' is PostgreSQL's own"),
+        (
+            [web("a", "a.example.com", database="onebox_monitor")],
+            "database 'onebox_monitor' is PostgreSQL's own or onebox's",
+        ),
         ([web("a", "a.example.com", database_container="a-db")], "needs database: NAME"),
         (
             [web("a", "a.example.com", database="x"), worker("w", database="x", database_container="w-db")],

@@ -3,7 +3,12 @@ the app_state module and the onebox program."""
 
 from __future__ import annotations
 
-from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, metrics, resolve
+from ansible_collections.onebox.platform.plugins.module_utils.live_state import (
+    colour_info,
+    env_file_lines,
+    metrics,
+    resolve,
+)
 
 ORDER = ["blue", "green"]
 
@@ -35,6 +40,23 @@ def test_in_maintenance_the_file_names_the_current_colour():
     # With a live colour the file is not read at all.
     resolve(ORDER, ["green"], colours, lambda: read.append(2) or "blue")
     assert read == [1]
+
+
+def test_a_colour_started_with_an_older_env_file_is_not_current():
+    text = "# written by site.yml\n\nDATABASE_URL=postgres://shop:new@postgres:5432/shop\nRAILS_ENV=production\n"
+    env = env_file_lines(text)
+    assert env == ["DATABASE_URL=postgres://shop:new@postgres:5432/shop", "RAILS_ENV=production"]
+
+    def started_with(*lines):
+        return colour_info("x", {"State": {"Running": True}, "Config": {"Env": ["PATH=/usr/bin", *lines]}}, env)
+
+    assert started_with(*env)["env_current"] is True
+    # Moved over from the superuser's URL: the old release is no switch back.
+    old = started_with("DATABASE_URL=postgres://postgres:old@postgres:5432/shop", "RAILS_ENV=production")
+    assert old["env_current"] is False
+    # Without the env file nothing is known against it; no container is never current.
+    assert running("v1")["env_current"] is True
+    assert colour_info("x", None, env)["env_current"] is False
 
 
 def test_metrics_say_an_app_is_up_while_a_container_runs_healthy():

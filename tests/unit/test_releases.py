@@ -53,6 +53,9 @@ def test_choose_a_rollback_target_and_the_fast_path():
     assert out == {"version": "v1", "standby_ready": True, "leaving": history[1], "pinned": ""}
     assert choose("rollback", "", history, "v2", {"running": False, "version": "v1"})["standby_ready"] is False
     assert choose("deploy", "v1", history, "v2", running_v1)["standby_ready"] is False
+    # Its container runs v1 with an older environment: v1 is started again, not switched to.
+    stale = dict(running_v1, env_current=False)
+    assert choose("rollback", "", history, "v2", stale)["standby_ready"] is False
 
 
 def test_choose_refuses_clearly():

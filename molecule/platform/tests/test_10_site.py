@@ -110,3 +110,10 @@ def test_monitoring_runs_with_its_alert_receivers(target):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 0 and "verified" in out.stdout, out.stderr
+    # postgres_exporter reads the database as its own role (pg_monitor): the
+    # superuser may not log in over the network.
+    metrics = target.check_output("curl -fsS http://127.0.0.1:9187/metrics")
+    assert re.search(r"^pg_up 1(\.0)?$", metrics, re.M), [m for m in metrics.splitlines() if m.startswith("pg_up")]
+    assert "onebox_monitor" in target.check_output(
+        "grep ^DATA_SOURCE_USER= /etc/onebox/monitoring/postgres-exporter.env"
+    )

@@ -75,6 +75,20 @@ def test_the_shops_role_owns_its_database_and_nothing_else(target):
     assert rc != 0 and "must be superuser" in out, out
 
 
+def test_the_superuser_cannot_log_in_over_the_network(target):
+    """Even with its password (which apps held before they had roles of their
+    own), the superuser gets in over the local socket only."""
+    superuser = target.check_output("sed -n 's/^POSTGRES_PASSWORD=//p' /etc/onebox/app/postgres.env")
+    script = f'PGPASSWORD={shlex.quote(superuser)} psql -h postgres -U postgres -d postgres -XAtc "SELECT 1"'
+    rc, out = as_app(target, "shop", PG_IMAGE, script)
+    assert rc != 0 and "pg_hba.conf rejects connection for host" in out and 'user "postgres"' in out, out
+    # The same in the blog's own PostgreSQL; over the socket (docker exec) it still works.
+    rc, out = as_app(target, "blog", PG_IMAGE, 'psql -h postgres -U postgres -d postgres -w -XAtc "SELECT 1"')
+    assert rc != 0 and "pg_hba.conf rejects connection" in out, out
+    for container in ("app-postgres", "blog-postgres"):
+        assert target.check_output(f"docker exec {container} psql -U postgres -XAtc 'SELECT 1'") == "1"
+
+
 def test_one_app_cannot_reach_another_apps_database(target):
     # The blog's database is in a PostgreSQL of its own, on the blog's network only.
     rc, out = as_app(target, "shop", PG_IMAGE, "getent hosts blog-postgres || echo unresolved")
@@ -101,6 +115,12 @@ def test_redis_lets_in_only_the_users_of_its_apps(target):
     # The mailer shares the shop's Redis by declaration (redis: shop): its own user reads the queue.
     rc, out = as_app(target, "mailer", REDIS_IMAGE, 'redis-cli -u "$REDIS_URL" --no-auth-warning GET shop:cart:1')
     assert rc == 0 and out.endswith("three-items"), out
+    # ... but neither it nor the owner reconfigures Redis (CONFIG writes files in
+    # the container) or changes another user's password (ACL).
+    for app in ("mailer", "shop"):
+        for command in ("CONFIG SET dir /tmp", "ACL SETUSER shop nopass", "ACL LIST", "DEBUG SLEEP 0"):
+            rc, out = as_app(target, app, REDIS_IMAGE, f'redis-cli -u "$REDIS_URL" --no-auth-warning {command}')
+            assert "NOPERM" in out, (app, command, out)
     # Nobody without a password: the default user is off.
     for script in (
         "redis-cli -h redis GET shop:cart:1",

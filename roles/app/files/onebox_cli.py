@@ -84,16 +84,21 @@ def known_apps():
     )
 
 
-def docker_colours(name):
+def docker_colours(name, env_file=None):
     """{colour: live_state.colour_info} of the app's containers, from one
-    `docker container inspect` (a missing container is left out of its output)."""
+    `docker container inspect` (a missing container is left out of its output),
+    each compared with the app's env file as it is now."""
     names = {colour: f"{name}-{colour}" for colour in apps.COLOURS}
+    env = None
+    if env_file and os.path.exists(env_file):
+        with open(env_file, encoding="utf-8") as fh:
+            env = live_state.env_file_lines(fh.read())
     _rc, out, err = docker_cli(["container", "inspect", *names.values()])
     try:
         found = {c["Name"].lstrip("/"): c for c in json.loads(out or "[]")}
     except ValueError:
         raise Refused(f"docker container inspect failed: {err.strip()[:200]}") from None
-    return {colour: live_state.colour_info(cname, found.get(cname)) for colour, cname in names.items()}
+    return {colour: live_state.colour_info(cname, found.get(cname), env) for colour, cname in names.items()}
 
 
 class App:
@@ -112,7 +117,7 @@ class App:
         self.kind = self.settings["kind"]
 
     def state(self):
-        colours = docker_colours(self.name)
+        colours = docker_colours(self.name, self.paths["env_file"])
         if self.kind == "worker":
             # No HAProxy backend: the live colour is the one whose container runs.
             servers = {}
@@ -236,6 +241,14 @@ def cmd_rollback(cfg, args):
             )
         idle = st["idle"]
         standby = st["colours"][idle]
+        if standby["version"] == target and not standby["env_current"]:
+            raise Refused(
+                f"the standby colour {idle} runs {target} with an older environment than {app.name}'s env file "
+                "(its database or Redis credentials, or a setting, changed since it started): switching to it "
+                "would run it with those. Run playbooks/rollback.yml"
+                f"{(' -e rollback_to=' + target) if args.to else ''} "
+                "from a controller, which starts it again with the current one. Nothing was changed."
+            )
         if app.kind == "worker":
             return rollback_worker(app, st, target)
         if not (standby["running"] and standby["version"] == target):
