@@ -1026,18 +1026,21 @@ class Restore:
         )
         if not exists:
             return {"exists": False, "tables": 0, "connections": 0}
+        # Connections first: the session that counts the tables connects to the
+        # target, and its server process may still show in pg_stat_activity for
+        # a moment after it ended (a busy server: "live, 1 other connection").
+        conns = int(
+            self.runner.psql_value(
+                f"SELECT count(*) FROM pg_stat_activity WHERE datname = {quote_literal(self.target)} "
+                "AND pid <> pg_backend_pid()"
+            )
+        )
         tables = int(
             self.runner.psql_value(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relkind IN ('r','p','v','m','S') AND n.nspname NOT IN ('pg_catalog','information_schema') "
                 "AND n.nspname NOT LIKE 'pg_toast%'",
                 self.target,
-            )
-        )
-        conns = int(
-            self.runner.psql_value(
-                f"SELECT count(*) FROM pg_stat_activity WHERE datname = {quote_literal(self.target)} "
-                "AND pid <> pg_backend_pid()"
             )
         )
         return {"exists": True, "tables": tables, "connections": conns}
