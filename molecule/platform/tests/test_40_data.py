@@ -101,6 +101,9 @@ def test_every_readme_command_runs_as_written(target, base_url):
             m = re.search(r"to put it back: (ansible-playbook playbooks/restore\.yml .*?restore_confirm=true)", out)
             assert m, out[-2000:]
             undo = m.group(1)
+            # The mailer shares the shop's database: locked while it was replaced.
+            locked = re.search(r"TASK \[Take the deploy locks of the other apps on shop\] \**(.*?) TASK \[", out)
+            assert locked and "changed: [" in locked.group(1) and "(item=mailer)" in locked.group(1), out[-3000:]
             assert sql(target, "SELECT string_agg(what, ',' ORDER BY id) FROM orders") == "kept"
         elif playbook == "playbooks/restore.yml":
             assert "into shop_restore" in out
@@ -123,6 +126,8 @@ def test_every_readme_command_runs_as_written(target, base_url):
     assert sql(target, "SELECT what FROM orders WHERE id = 3") == "shop"
     audit = target.check_output("cat /var/lib/onebox/shop/audit.log")
     assert re.search(r" restore /var/backups/onebox/shop/prerestore-shop-\S+ into shop .*by=", audit), audit[-1500:]
+    # The mailer shares the shop's database: locked while it was replaced (above), unlocked after.
+    assert not target.file("/var/lib/onebox/mailer/deploy.lock").exists
 
 
 def restore(*extra):
