@@ -119,7 +119,7 @@ def test_a_canary_moves_the_weights_step_by_step_and_keeps_a_good_release(base_u
     new = "v2" if old != "v2" else "v1"
     since = time.time()
     watch = subprocess.Popen(
-        ["docker", "exec", TARGET, "python3", "-c", WATCH, "40"], stdout=subprocess.PIPE, text=True
+        ["docker", "exec", TARGET, "python3", "-c", WATCH, "300"], stdout=subprocess.PIPE, text=True
     )
     with Load(base_url) as load:
         deploy = play(

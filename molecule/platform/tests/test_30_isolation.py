@@ -118,7 +118,13 @@ def test_redis_lets_in_only_the_users_of_its_apps(target):
     # ... but neither it nor the owner reconfigures Redis (CONFIG writes files in
     # the container) or changes another user's password (ACL).
     for app in ("mailer", "shop"):
-        for command in ("CONFIG SET dir /tmp", "ACL SETUSER shop nopass", "ACL LIST", "DEBUG SLEEP 0"):
+        for command in (
+            "CONFIG SET dir /tmp",
+            "ACL SETUSER shop nopass",
+            "ACL LIST",
+            "MODULE LIST",
+            "REPLICAOF NO ONE",
+        ):
             rc, out = as_app(target, app, REDIS_IMAGE, f'redis-cli -u "$REDIS_URL" --no-auth-warning {command}')
             assert "NOPERM" in out, (app, command, out)
     # Nobody without a password: the default user is off.
