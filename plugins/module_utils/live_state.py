@@ -15,6 +15,18 @@ def env_file_lines(text):
     return [line for line in (text or "").splitlines() if line.strip() and not line.startswith("#") and "=" in line]
 
 
+def read_env_file(path):
+    """env_file_lines of the env file at PATH, or None when there is none
+    (nothing known to compare with)."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return env_file_lines(fh.read())
+    except FileNotFoundError:
+        return None
+
+
 def colour_info(name, container, env=None):
     """What a colour's container runs, from its `docker container inspect`
     object (None when the container does not exist). ENV: the lines of the

@@ -188,7 +188,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     describe_servers,
     live_servers,
 )
-from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, env_file_lines, resolve
+from ansible_collections.onebox.platform.plugins.module_utils.live_state import colour_info, read_env_file, resolve
 from ansible_collections.onebox.platform.plugins.module_utils.releases import ReleaseError, choose, rollback_target
 
 
@@ -208,13 +208,8 @@ def containers(module, names):
 
 def read_env(module, path):
     """The env file's lines, or None when there is none (or no path)."""
-    if not path:
-        return None
     try:
-        with open(path, encoding="utf-8") as fh:
-            return env_file_lines(fh.read())
-    except FileNotFoundError:
-        return None
+        return read_env_file(path)
     except OSError as exc:
         module.fail_json(msg=f"Cannot read the env file {path}: {exc.strerror}. Is the play run with become?")
 

@@ -89,10 +89,7 @@ def docker_colours(name, env_file=None):
     `docker container inspect` (a missing container is left out of its output),
     each compared with the app's env file as it is now."""
     names = {colour: f"{name}-{colour}" for colour in apps.COLOURS}
-    env = None
-    if env_file and os.path.exists(env_file):
-        with open(env_file, encoding="utf-8") as fh:
-            env = live_state.env_file_lines(fh.read())
+    env = live_state.read_env_file(env_file)
     _rc, out, err = docker_cli(["container", "inspect", *names.values()])
     try:
         found = {c["Name"].lstrip("/"): c for c in json.loads(out or "[]")}
