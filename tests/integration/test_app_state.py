@@ -73,7 +73,9 @@ def test_reads_live_colour_containers_and_history(haproxy, app, tmp_path):
         assert (res["live_colour"], res["idle_colour"]) == ("blue", "green")
         blue, green = res["colours"]["blue"], res["colours"]["green"]
         assert blue.pop("image_id").startswith("sha256:")
-        assert blue == dict(exists=True, running=True, version="v1", image=IMAGE, health="", container=f"{app}-blue")
+        assert blue == dict(
+            exists=True, running=True, version="v1", image=IMAGE, health="", container=f"{app}-blue", env_current=True
+        )
         assert green["exists"] is True and green["running"] is False and green["version"] == "v2"
         assert [r["version"] for r in res["releases"]] == ["v1", "v2"]
     assert (tmp_path / "releases.jsonl").read_bytes() == before
@@ -87,9 +89,32 @@ def test_live_needs_the_container_running_not_only_haproxy(haproxy, app):
     assert res["haproxy_active"] == ["blue"]
     assert res["live_colour"] == "" and res["idle_colour"] == "blue"
     assert res["colours"]["blue"] == dict(
-        exists=False, running=False, version="", image="", image_id="", health="", container=f"{app}-blue"
+        exists=False,
+        running=False,
+        version="",
+        image="",
+        image_id="",
+        health="",
+        container=f"{app}-blue",
+        env_current=False,
     )
     assert res["releases"] == []
+
+
+def test_env_current_compares_the_env_file_with_each_container(haproxy, app, tmp_path):
+    # Both containers were started without APP_MODE; an env file that now
+    # sets it makes them stale (a rollback to them would run old settings).
+    env_file = tmp_path / "app.env"
+    env_file.write_text("# comment\n\n")
+    rc, res = state(haproxy, app, env_file=str(env_file))
+    assert rc == 0, res.get("msg", res)
+    assert res["colours"]["blue"]["env_current"] is True
+    assert res["colours"]["green"]["env_current"] is True
+    env_file.write_text("APP_MODE=fast\n")
+    rc, res = state(haproxy, app, env_file=str(env_file))
+    assert rc == 0, res.get("msg", res)
+    assert res["colours"]["blue"]["env_current"] is False
+    assert res["colours"]["green"]["env_current"] is False
 
 
 def test_no_containers_at_all_is_a_first_deploy(haproxy):
