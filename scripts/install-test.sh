@@ -158,14 +158,42 @@ start_load() {
      [[ -e $WORK/stop-load ]] && echo stopped >"$WORK/load-$host.end") &
     LOAD_PIDS+=($!)
   done
+  # The data path too (busybox's app has no database client): about once a
+  # second, the credentials of demo's live colour, as its container has
+  # them, against its database (psql in its PostgreSQL container) and, once
+  # the move gave demo a Redis, its Redis: "ok", or what failed.
+  (end=$((SECONDS + 1500)) n=0
+   while [[ ! -e $WORK/stop-load && $SECONDS -lt $end && $n -lt 1500 ]]; do
+     docker exec "$ONEBOX_LOCAL_NAME" sh -c "$DATA_PROBE" 2>&1 | tail -n 1 | tr -d '\r' || echo "probe failed"
+     n=$((n + 1))
+     sleep 1
+   done >"$WORK/load-data"
+   [[ -e $WORK/stop-load ]] && echo stopped >"$WORK/load-data.end") &
+  LOAD_PIDS+=($!)
 }
+
+# Run on the server: demo's live colour (onebox status), its container's
+# DATABASE_URL and REDIS_URL pointed at 127.0.0.1 inside the database's and
+# Redis's own containers, a query and a write with each.
+DATA_PROBE='live=$(onebox status demo | sed -n "1s/.*live on \([a-z]*\) .*/\1/p")
+[ -n "$live" ] || { echo "demo has no live colour"; exit 0; }
+env=$(docker inspect -f "{{range .Config.Env}}{{println .}}{{end}}" "demo-$live")
+db=$(printf "%s\n" "$env" | sed -n "s/^DATABASE_URL=//p" | sed -E "s#^(postgres(ql)?://([^@/]*@)?)[^/]*#\1127.0.0.1:5432#")
+rd=$(printf "%s\n" "$env" | sed -n "s/^REDIS_URL=//p" | sed -E "s#^(rediss?://([^@/]*@)?)[^/]*#\1127.0.0.1:6379#")
+[ -n "$db" ] || { echo "demo-$live has no DATABASE_URL"; exit 0; }
+got=$(docker exec demo-postgres psql "$db" -XAtc "SELECT 1" 2>&1) || { echo "database ($live): $got"; exit 0; }
+if [ -n "$rd" ]; then
+  got=$(docker exec demo-redis redis-cli --no-auth-warning -u "$rd" INCR demo:probe 2>&1)
+  case $got in ""|*[!0-9]*) echo "redis ($live): $got"; exit 0 ;; esac
+fi
+echo ok'
 
 stop_load() {
   touch "$WORK/stop-load"
   wait "${LOAD_PIDS[@]}"
 }
 
-# 0 failed requests while it moved over; each app now runs with its own
+# 0 failed requests and data probes while it moved over; each app now runs with its own
 # database role (and demo with its own Redis), its tables handed to the role.
 check_moved_over() {
   local host total bad
@@ -176,6 +204,12 @@ check_moved_over() {
     [[ -e $WORK/load-$host.end ]] || { echo "the load on $host ended before site.yml did" >&2; return 1; }
     ((total > 100 && bad == 0)) || { echo "requests failed while site.yml moved the server over" >&2; return 1; }
   done
+  total=$(wc -l <"$WORK/load-data")
+  bad=$(grep -vcx ok "$WORK/load-data" || true)
+  echo "--- install: demo's database and Redis during the move: $total tries, $bad failed"
+  grep -vx ok "$WORK/load-data" | sort | uniq -c | head -5
+  [[ -e $WORK/load-data.end ]] || { echo "the data probe ended before site.yml did" >&2; return 1; }
+  ((total > 20 && bad == 0)) || { echo "demo's live credentials failed while site.yml moved the server over" >&2; return 1; }
   local env
   # The live colour: the one site.yml started last (the other one stands by
   # with the old environment, as the fallback of a blue-green switch).

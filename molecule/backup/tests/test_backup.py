@@ -34,6 +34,11 @@ def metrics(target):
     return {m.group(1): float(m.group(2)) for m in re.finditer(r'^(\w+)\{backup="shop"\} (\S+)$', text, re.M)}
 
 
+def notes_dumps(target):
+    """The worker notes' dumps (its database in notes-postgres)."""
+    return sorted(n for n in target.check_output("ls /var/backups/onebox/notes").split() if n.endswith(".dump"))
+
+
 def dumps(target):
     return sorted(n for n in target.check_output(f"ls {DIR}").split() if n.endswith(".dump"))
 
@@ -121,7 +126,8 @@ def test_retention_prunes_as_specified_here_and_offsite(target, offsite):
             assert pruned not in left
             assert target.run(f"test -e {DIR}/{pruned}.sha256").rc != 0
         assert target.file(f"{DIR}/notes.txt").exists
-        there = listing(offsite, OFFSITE_DIR)
+        # (The worker's dumps go to the same place, under their own names.)
+        there = [n for n in listing(offsite, OFFSITE_DIR) if not n.startswith("notes-")]
         expected = [*left, *(f"{n}.sha256" for n in left), stranger, f"{stranger}.sha256", "keep.txt"]
         assert there == sorted(expected)
     finally:
@@ -142,23 +148,27 @@ def test_restore_round_trips_row_counts(target):
         "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY, total numeric); TRUNCATE orders;"
         "INSERT INTO orders SELECT g, g * 1.5 FROM generate_series(1, 1234) g",
     )
+    notes_before = notes_dumps(target)
     rc, out = play("backup.yml")
     assert rc == 0, out[-2000:]
+    # Without -e app: every app's database, the worker's in its own PostgreSQL too.
+    notes_after = notes_dumps(target)
+    assert notes_after and notes_after != notes_before, (notes_before, notes_after)
     psql(target, "DELETE FROM orders WHERE id > 34")
     # Default: the newest backup into a scratch database.
-    rc, out = play("restore.yml")
+    rc, out = play("restore.yml", "-e", "app=shop")
     assert rc == 0, out[-2000:]
     assert psql(target, "SELECT count(*) FROM orders", "shop_restore") == "1234"
     assert psql(target, "SELECT count(*) FROM orders") == "34"
     # Into the live database: refused without the confirmation...
-    rc, out = play("restore.yml", "-e", "restore_into_live=true")
+    rc, out = play("restore.yml", "-e", "app=shop", "-e", "restore_into_live=true")
     assert rc != 0 and "shop is the live database of shop" in out and "restore_confirm=true" in out
     # ...also when the live database is named as the target.
-    rc, out = play("restore.yml", "-e", "restore_target=shop")
+    rc, out = play("restore.yml", "-e", "app=shop", "-e", "restore_target=shop")
     assert rc != 0 and "shop is the live database of shop" in out, out[-2000:]
     assert psql(target, "SELECT count(*) FROM orders") == "34"
     # ...done with it.
-    rc, out = play("restore.yml", "-e", "restore_into_live=true", "-e", "restore_confirm=true")
+    rc, out = play("restore.yml", "-e", "app=shop", "-e", "restore_into_live=true", "-e", "restore_confirm=true")
     assert rc == 0, out[-2000:]
     assert psql(target, "SELECT count(*) FROM orders") == "1234"
 
@@ -167,7 +177,7 @@ def test_a_corrupted_backup_is_caught_and_never_restored(target):
     newest = dumps(target)[-1]
     target.check_output(f"printf 'XXXX' | dd of={DIR}/{newest} bs=1 seek=100 conv=notrunc status=none")
     psql(target, "DELETE FROM orders WHERE id > 10")
-    rc, out = play("restore.yml", "-e", "restore_into_live=true", "-e", "restore_confirm=true")
+    rc, out = play("restore.yml", "-e", "app=shop", "-e", "restore_into_live=true", "-e", "restore_confirm=true")
     assert rc != 0 and "checksum mismatch" in out and "not restored" in out
     assert psql(target, "SELECT count(*) FROM orders") == "10"
     drill = target.run("systemctl start onebox-restore-drill@shop.service")

@@ -8,9 +8,14 @@ with the app's own env file (the DATABASE_URL and REDIS_URL site.yml built)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
+import sys
+from urllib.parse import quote
 
 import pytest
+import yaml
 
 PG_IMAGE, REDIS_IMAGE = "local/postgres:15", "local/redis:7"
 
@@ -54,6 +59,34 @@ def test_each_app_has_credentials_of_its_own(target):
                  "/etc/onebox/shop/redis.password", "/etc/onebox/mailer/redis.password"):  # fmt: skip
         f = target.file(path)
         assert f.user == "root" and f.mode == 0o600, path
+
+
+def vault_secrets():
+    """The scenario's vault.yml, as ansible-vault opens it."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    vault = os.path.join(here, "host_vars", "onebox-platform-target", "vault.yml")
+    tool = os.path.join(os.path.dirname(sys.executable), "ansible-vault")
+    argv = [tool, "view", "--vault-password-file", os.path.join(here, "vault-password"), vault]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return yaml.safe_load(out)
+
+
+def test_passwords_from_vault_are_the_ones_the_apps_log_in_with(target):
+    """The inventory gives the blog's database role and the scheduler's Redis
+    user their passwords from Vault (characters a URL must escape in both);
+    the shop's are generated on the server."""
+    secrets = vault_secrets()
+    blog, scheduler = secrets["vault_blog_database_password"], secrets["vault_scheduler_redis_password"]
+    assert target.check_output("cat /etc/onebox/postgres/blog.password") == blog
+    assert target.check_output("cat /etc/onebox/scheduler/redis.password") == scheduler
+    assert f":{quote(blog, safe='')}@" in env_of(target, "blog")["DATABASE_URL"]
+    assert f":{quote(scheduler, safe='')}@" in env_of(target, "scheduler")["REDIS_URL"]
+    rc, out = as_app(target, "blog", PG_IMAGE, 'psql "$DATABASE_URL" -XAtc "SELECT current_user"')
+    assert rc == 0 and out.splitlines()[-1] == "blog", out
+    rc, out = as_app(target, "scheduler", REDIS_IMAGE, 'redis-cli -u "$REDIS_URL" --no-auth-warning LPUSH shop:queue x')
+    assert rc == 0 and out.splitlines()[-1].isdigit(), out
+    shop = target.check_output("cat /etc/onebox/postgres/shop.password")
+    assert len(shop) >= 24 and shop not in secrets.values()
 
 
 def test_the_shops_role_owns_its_database_and_nothing_else(target):
