@@ -24,7 +24,10 @@ Copies the server cannot destroy. The server's own credentials only add:
 Retention is a separate run with other credentials (``onebox-dr prune``
 from playbooks/offsite-prune.yml, on the controller or a host of its own):
 ``restic forget --prune`` by offsite_keep_*, and the WAL mirror pruned with
-the base backups it belongs to (nothing the oldest kept one needs).
+the base backups it belongs to (nothing the oldest kept one needs). A run
+that applied both leaves a marker snapshot (tag onebox-prune, the newest
+only); each backup reads it, and the alerts say when retention has not run
+for too long (or ever, since the oldest snapshot).
 
 Both refuse to write over another server's copy: each server has an id
 (/etc/onebox/server-id); snapshots carry it as a tag and the WAL mirror
@@ -79,12 +82,15 @@ SETTINGS = (
     "server_id_file",
     "stage_dir",
     "metrics_dir",
-    "max_ages",  # backup, check, wal -> seconds, for the alerts
+    "max_ages",  # backup, check, wal, drill, retention -> seconds, for the alerts
     "apps",  # each app: name, kind, database_container, volumes, redis_container (restores lock them)
     "haproxy_socket",
     "haproxy_state_file",
 )
 MANIFEST = "onebox-manifest.json"
+# The prune run's marker: a tiny snapshot with this tag (never "onebox", so
+# no restore or retention of the server's snapshots sees it).
+RETENTION_TAG = "onebox-prune"
 # The WAL mirror: TARGET/server-id, TARGET/pgbackrest/ (the repository
 # without its info files), TARGET/info/STAMP-DIGEST/ (each version of them).
 MIRROR_REPO = "pgbackrest"
@@ -202,6 +208,17 @@ def future_snapshots(snapshots, now, slack=FUTURE_SLACK):
     return [s for s in snapshots or [] if snapshot_time(s) > now + slack]
 
 
+def retention_applied(snapshots, sid):
+    """When retention last ran on the repository: the newest prune marker's
+    time, or, when there is none, the oldest snapshot of server SID (it has
+    grown since then). None for an empty repository."""
+    marks = [snapshot_time(s) for s in snapshots or [] if RETENTION_TAG in (s.get("tags") or [])]
+    if marks:
+        return max(marks)
+    own = [snapshot_time(s) for s in snapshots or [] if f"server-id:{sid}" in (s.get("tags") or [])]
+    return min(own) if own else None
+
+
 def metrics_text(state, max_ages=None):
     """Prometheus text from the state file: per kind (backup, check, wal),
     the last attempt's success, the last success's time and the age the
@@ -231,6 +248,19 @@ def metrics_text(state, max_ages=None):
                 f"# TYPE onebox_offsite_{kind}_max_age_seconds gauge",
                 f"onebox_offsite_{kind}_max_age_seconds {int(max_ages[kind])}",
             ]
+        if kind == "backup" and entry.get("retention_applied"):
+            lines += [
+                "# HELP onebox_offsite_retention_applied_timestamp_seconds When the prune run last applied "
+                "retention to the off-site copies (the oldest snapshot's time when it never did).",
+                "# TYPE onebox_offsite_retention_applied_timestamp_seconds gauge",
+                f"onebox_offsite_retention_applied_timestamp_seconds {float(entry['retention_applied']):.0f}",
+            ]
+            if max_ages.get("retention"):
+                lines += [
+                    "# HELP onebox_offsite_retention_max_age_seconds Time without retention the alerts allow.",
+                    "# TYPE onebox_offsite_retention_max_age_seconds gauge",
+                    f"onebox_offsite_retention_max_age_seconds {int(max_ages['retention'])}",
+                ]
         if kind == "backup" and entry.get("bytes_added") is not None:
             lines += [
                 "# TYPE onebox_offsite_backup_bytes_added gauge",
@@ -738,6 +768,7 @@ class Offsite:
                 summary = json.loads(line)
         return {
             "snapshot": summary.get("snapshot_id", ""),
+            "retention_applied": retention_applied(snaps, sid),
             "bytes_added": summary.get("data_added", 0),
             "files": summary.get("total_files_processed", 0),
             "seconds": round(time.time() - started, 1),
@@ -778,6 +809,29 @@ class Offsite:
                     removed += [x.get("short_id") or x.get("id", "")[:8] for x in group.get("remove") or []]
                     kept += [x.get("short_id") or x.get("id", "")[:8] for x in group.get("keep") or []]
         return {"snapshots_before": len(snaps), "snapshots_removed": removed, "snapshots_kept": len(kept)}
+
+    def mark_retention(self, now=None):
+        """The marker the servers read (retention_applied): a snapshot of a
+        few bytes tagged RETENTION_TAG, then the older markers forgotten
+        (their bytes go with the next prune)."""
+        stamp = time.time() if now is None else now
+        body = json.dumps({"retention_applied": stamp}) + "\n"
+        proc = self._run(
+            self.restic_argv(
+                "backup", "--stdin", "--stdin-filename", "onebox-prune.json", "--tag", RETENTION_TAG,
+                "--host", "onebox-prune",
+            ),
+            env=self.env(),
+            input=body,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise OffsiteError(redact(explain_restic(proc.stderr, self.cfg["repository"]), self.secrets()))
+        self.restic("forget", "--tag", RETENTION_TAG, "--keep-last", "1")
+        return stamp
 
     def check(self, read_data_subset=""):
         args = ["check"] + ([f"--read-data-subset={read_data_subset}"] if read_data_subset else ["--read-data"])

@@ -97,7 +97,8 @@ def summary(apps, switches, settings):
         "off-site",
         switches["onebox_offsite"],
         "encrypted copies of the dumps, volumes, Redis and configs leave the server; "
-        "the server cannot delete them, so retention is playbooks/offsite-prune.yml (schedule it)"
+        "the server cannot delete them, so retention is playbooks/offsite-prune.yml (schedule it: "
+        "OffsiteRetentionOverdue fires after offsite_retention_max_age_seconds without it)"
         if switches["onebox_offsite"]
         else "every copy of the data is on this server and is lost with it",
         "Set onebox_offsite and the offsite_* settings (README, 'Lose the server, lose nothing').",

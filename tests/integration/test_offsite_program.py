@@ -20,6 +20,7 @@ import sys
 
 import offsite_storage
 import pytest
+from ansible_collections.onebox.platform.plugins.module_utils import offsite
 from conftest import ROOT, free_port, run_program, wait_for
 
 PROGRAM = os.path.join(ROOT, "roles", "offsite", "files", "onebox_dr.py")
@@ -54,7 +55,7 @@ def server(tmp_path):
         "stage_dir": str(tmp_path / "stage"),
         "state_dir": str(tmp_path / "state"),
         "metrics_dir": str(tmp_path / "metrics"),
-        "max_ages": {"backup": 10800, "check": 1209600},
+        "max_ages": {"backup": 10800, "check": 1209600, "retention": 691200},
     }
     path = tmp_path / "offsite.json"
     path.write_text(json.dumps(cfg))
@@ -118,10 +119,27 @@ def test_snapshot_retention_check_and_fetch(server):
     assert rc == 0, out
     assert len(json.loads(out)["restic"]["snapshots_removed"]) == 1
     assert len(snapshots(server["cfg"]["repository"], server["cfg"]["password_file"])) == 3
+    # Before any prune, the alerts count from the oldest snapshot.
+    assert metric(server, "onebox_offsite_retention_applied_timestamp_seconds") == pytest.approx(
+        min(offsite.snapshot_time(s) for s in snaps), abs=1
+    )
+    assert metric(server, "onebox_offsite_retention_max_age_seconds") == 691200
     rc, out = run(prune_settings(server), "prune")
     assert rc == 0, out
     assert json.loads(out)["restic"]["snapshots_removed"] == [snaps[0]["short_id"]]
-    assert len(snapshots(server["cfg"]["repository"], server["cfg"]["password_file"])) == 2
+    applied = json.loads(out)["retention_applied"]
+    assert len(snapshots(server["cfg"]["repository"], server["cfg"]["password_file"], args=["--tag", "onebox"])) == 2
+    # The prune run's marker: one snapshot of its own, which no restore sees;
+    # a second run keeps only the newest marker.
+    assert run(prune_settings(server), "prune")[0] == 0
+    marks = snapshots(server["cfg"]["repository"], server["cfg"]["password_file"], args=["--tag", "onebox-prune"])
+    assert len(marks) == 1 and marks[0]["tags"] == ["onebox-prune"]
+    assert offsite.snapshot_time(marks[0]) >= applied - 1
+    # The server's next backup reads it (the metric the alert compares).
+    assert run(server["path"], "backup")[0] == 0
+    assert metric(server, "onebox_offsite_retention_applied_timestamp_seconds") == pytest.approx(
+        offsite.snapshot_time(marks[0]), abs=1
+    )
     rc, out = run(server["path"], "check")
     assert rc == 0, out
     assert metric(server, "onebox_offsite_check_success") == 1
@@ -258,7 +276,10 @@ def test_the_server_adds_snapshots_but_cannot_delete_them(server, storage):
     rc, out = run(prune_settings(server, repository=str(storage.restic_dir)), "prune")
     assert rc == 0, out
     assert len(json.loads(out)["restic"]["snapshots_removed"]) == 1
-    assert len(snapshots(url, server["cfg"]["password_file"], args=["--cacert", str(storage.cert)])) == 2
+    cacert = ["--cacert", str(storage.cert)]
+    assert len(snapshots(url, server["cfg"]["password_file"], args=[*cacert, "--tag", "onebox"])) == 2
+    # ...and left its marker, which the server reads.
+    assert len(snapshots(url, server["cfg"]["password_file"], args=[*cacert, "--tag", "onebox-prune"])) == 1
     # The server goes on adding snapshots after the prune.
     rc, out = run(path, "backup")
     assert rc == 0, out

@@ -139,3 +139,26 @@ def test_snapshot_times_and_the_clock_check():
 def test_passwords_never_reach_a_message():
     text = "Fatal: Get https://box:s3cr%2Ft@host/config: 401; password s3cr/t"
     assert "s3cr" not in offsite.redact(text, ["s3cr/t"])
+
+
+def test_retention_applied_is_the_newest_marker_or_else_the_oldest_snapshot():
+    sid = "11111111-2222-3333-4444-555555555555"
+    own = [
+        {"time": "2026-11-20T10:00:00Z", "tags": ["onebox", f"server-id:{sid}"]},
+        {"time": "2026-11-25T10:00:00Z", "tags": ["onebox", f"server-id:{sid}"]},
+    ]
+    other = [{"time": "2026-01-01T00:00:00Z", "tags": ["onebox", "server-id:99999999-0000-0000-0000-000000000000"]}]
+    assert offsite.retention_applied([], sid) is None
+    # Never pruned: it has grown since its oldest snapshot (another server's does not count).
+    assert offsite.retention_applied(own + other, sid) == offsite.snapshot_time(own[0])
+    marks = [
+        {"time": "2026-11-22T03:00:00Z", "tags": ["onebox-prune"]},
+        {"time": "2026-11-24T03:00:00Z", "tags": ["onebox-prune"]},
+    ]
+    assert offsite.retention_applied(own + marks, sid) == offsite.snapshot_time(marks[1])
+    state = {"backup": {"ok": True, "last_success": 1, "retention_applied": 1764000000.4}}
+    text = offsite.metrics_text(state, {"retention": 691200})
+    assert "onebox_offsite_retention_applied_timestamp_seconds 1764000000\n" in text
+    assert "onebox_offsite_retention_max_age_seconds 691200\n" in text
+    # Alert off (0): the time is still there, the allowed age is not.
+    assert "retention_max_age" not in offsite.metrics_text(state, {"retention": 0})

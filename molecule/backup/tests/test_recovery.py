@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -314,7 +315,9 @@ def test_the_prune_run_applies_retention_and_prunes_the_wal_with_its_base_backup
     assert "base backup(s)" in out and second["label"] in out
     for secret in ("molecule-only-restic-password", "molecule-only-rest-password"):
         assert secret not in out
-    assert int(offsite.check_output(f"ls {RESTIC}/snapshots | wc -l")) == 2
+    # The 2 newest, and the prune run's marker (the server's next snapshot
+    # reads it: OffsiteRetentionOverdue's metric, checked below).
+    assert int(offsite.check_output(f"ls {RESTIC}/snapshots | wc -l")) == 3
     assert not offsite.file(f"{backups}/{first}").exists
     assert offsite.file(f"{backups}/{second['label']}/backup.manifest").exists
     oldest = offsite.check_output(
@@ -347,6 +350,7 @@ def disaster(live):
         rc, snap = dr(TARGET, "backup")
         assert rc == 0, snap
         out["snapshot_seconds"] = round(time.monotonic() - t0, 1)
+        out["offsite_prom"] = target.file("/var/lib/prometheus/node-exporter/onebox_offsite.prom").content_string
         out["snapshot"] = snap
         out["uploads"] = checksums(TARGET)
         out["redis"] = redis_dump(TARGET)
@@ -383,6 +387,17 @@ def disaster(live):
     out["rto_seconds"] = round(seen["at"] - started, 1) if "at" in seen else None
     out["new_ip"] = new_ip
     return out
+
+
+def test_the_server_reads_when_retention_last_ran(disaster):
+    """The snapshot after the prune run saw its marker: the metric
+    OffsiteRetentionOverdue compares is that run's time, not the oldest
+    snapshot's, and the allowed age (8 days by default) is beside it."""
+    prom = disaster["offsite_prom"]
+    applied = re.search(r"^onebox_offsite_retention_applied_timestamp_seconds (\S+)$", prom, re.M)
+    assert applied, prom
+    assert 0 < disaster["killed_at"] - float(applied.group(1)) < 3600, prom
+    assert "onebox_offsite_retention_max_age_seconds 691200" in prom
 
 
 def test_recover_yml_rebuilds_the_server(disaster):

@@ -637,6 +637,8 @@ def main(argv=None):
             out = {"restic": box.forget(dry_run=args.dry_run)}
             if cfg.get("wal_target"):
                 out["wal"] = box.wal_prune(int(cfg.get("wal_keep_full") or 2), dry_run=args.dry_run)
+            if not args.dry_run:
+                out["retention_applied"] = box.mark_retention()
         elif args.command == "pitr-backup":
             out = {"type": cluster(cfg).backup(full_every_days=int(cfg.get("pitr_full_every_days") or 7))}
             pitr_metrics(cfg)
@@ -696,7 +698,7 @@ def main(argv=None):
         print(f"onebox-dr {args.command}: {exc}", file=sys.stderr)
         return 1
     if kind:
-        kept = ("bytes_added", "seconds", "snapshot", "target", "sent")
+        kept = ("bytes_added", "seconds", "snapshot", "target", "sent", "retention_applied")
         record(cfg, kind, True, **{k: v for k, v in out.items() if k in kept})
     print(json.dumps(out, sort_keys=True, default=str))
     return 0
