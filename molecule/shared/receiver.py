@@ -6,11 +6,13 @@ server: every POST body and every e-mail delivered is written to
 
 --smtp is plain SMTP; --smtp-tls offers STARTTLS (RFC 3207) with the
 certificate given, as a real submission port does, and takes any AUTH.
-Loopback only. Standard library only (no smtpd: gone in Python 3.12)."""
+Loopback only. Standard library only (no smtpd: gone in Python 3.12).
+tests/integration/test_release_notify.py imports the SMTP server from here."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import http.server
 import itertools
 import os
@@ -45,16 +47,50 @@ class Hook(http.server.BaseHTTPRequestHandler):
 
 
 class Smtp(socketserver.StreamRequestHandler):
-    """Enough SMTP for smtplib and Alertmanager: EHLO/HELO, STARTTLS when the
-    server has a TLS context, AUTH (PLAIN or LOGIN, any password), MAIL,
-    RCPT, DATA, RSET, NOOP, QUIT."""
+    """Enough SMTP (RFC 5321) for smtplib and Alertmanager: EHLO/HELO,
+    STARTTLS (RFC 3207) when the server has a TLS context, AUTH PLAIN or
+    LOGIN, MAIL, RCPT, DATA, RSET, NOOP, QUIT. The server decides the rest
+    (SmtpServer): implicit TLS, who may log in, where each mail goes."""
+
+    def setup(self):
+        if self.server.implicit:
+            self.request = self.server.tls.wrap_socket(self.request, server_side=True)
+        super().setup()
 
     def reply(self, line):
         self.wfile.write((line + "\r\n").encode())
         self.wfile.flush()
 
+    def readline(self):
+        return self.rfile.readline().decode("utf-8", "replace").rstrip("\r\n")
+
+    def login(self, line):
+        """AUTH: [user, password] (bytes) when the server accepts them, else None."""
+        parts = line.split()
+        mechanism = parts[1].upper() if len(parts) > 1 else ""
+        if mechanism == "PLAIN":
+            if len(parts) > 2:
+                blob = parts[2]
+            else:
+                self.reply("334 ")
+                blob = self.readline()
+            user, password = (base64.b64decode(blob).split(b"\0")[1:] + [b"", b""])[:2]
+        elif mechanism == "LOGIN":
+            self.reply("334 VXNlcm5hbWU6")
+            user = base64.b64decode(self.readline())
+            self.reply("334 UGFzc3dvcmQ6")
+            password = base64.b64decode(self.readline())
+        else:
+            self.reply("504 unrecognised authentication type")
+            return None
+        if self.server.accept(user, password):
+            self.reply("235 ok")
+            return [user, password]
+        self.reply("535 bad login")
+        return None
+
     def handle(self):
-        tls, secure, lines, in_data = self.server.tls, False, [], False
+        tls, secure, lines, in_data, auth = self.server.tls, self.server.implicit, [], False, None
         self.reply("220 receiver ESMTP")
         while True:
             raw = self.rfile.readline()
@@ -63,8 +99,7 @@ class Smtp(socketserver.StreamRequestHandler):
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if in_data:
                 if line == ".":
-                    kind = "mail-tls" if secure else "mail"
-                    save(kind, "\n".join(lines).encode())
+                    self.server.deliver({"text": "\n".join(lines), "tls": secure, "auth": auth})
                     lines, in_data = [], False
                     self.reply("250 queued")
                 else:
@@ -77,18 +112,12 @@ class Smtp(socketserver.StreamRequestHandler):
                     self.reply(("250 " if i == len(caps) - 1 else "250-") + cap)
             elif verb == "STARTTLS" and tls and not secure:
                 self.reply("220 go ahead")
-                self.connection = tls.wrap_socket(self.connection, server_side=True)
+                self.connection = self.request = tls.wrap_socket(self.connection, server_side=True)
                 self.rfile = self.connection.makefile("rb")
                 self.wfile = self.connection.makefile("wb")
                 secure = True
             elif verb == "AUTH":
-                parts = line.split()
-                if len(parts) == 2 and parts[1].upper() == "LOGIN":
-                    self.reply("334 VXNlcm5hbWU6")
-                    self.rfile.readline()
-                    self.reply("334 UGFzc3dvcmQ6")
-                    self.rfile.readline()
-                self.reply("235 ok")
+                auth = self.login(line)
             elif verb == "DATA":
                 in_data = True
                 self.reply("354 go on")
@@ -99,12 +128,22 @@ class Smtp(socketserver.StreamRequestHandler):
                 self.reply("250 ok")
 
 
+def save_mail(mail):
+    save("mail-tls" if mail["tls"] else "mail", mail["text"].encode())
+
+
 class SmtpServer(socketserver.ThreadingTCPServer):
+    """On 127.0.0.1:PORT (0: any free port). TLS: an SSLContext for STARTTLS,
+    or for the whole session with IMPLICIT (port 465 style); DELIVER(mail)
+    gets each mail ({text, tls, auth}); ACCEPT(user, password) says who may
+    log in (anyone by default)."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port, tls=None):
-        self.tls = tls
+    def __init__(self, port, tls=None, implicit=False, deliver=save_mail, accept=None):
+        self.tls, self.implicit, self.deliver = tls, implicit, deliver
+        self.accept = accept or (lambda user, password: True)
         super().__init__(("127.0.0.1", port), Smtp)
 
 

@@ -4,18 +4,20 @@ what the module returns, and a notice that cannot go out never fails."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import http.server
 import ipaddress
 import json
-import socketserver
+import os
 import ssl
 import sys
 import threading
 
 import pytest
-from conftest import free_port, run_module
+from conftest import ROOT, free_port, run_module
+
+sys.path.insert(0, os.path.join(ROOT, "molecule", "shared"))
+import receiver
 
 
 class Inbox:
@@ -25,65 +27,13 @@ class Inbox:
         self.errors = []
 
 
-class Smtp(socketserver.StreamRequestHandler):
-    """Just enough SMTP (RFC 5321) for smtplib: EHLO, STARTTLS (RFC 3207) when
-    the server has a TLS context, AUTH PLAIN, MAIL, RCPT, DATA, QUIT; with
-    ``implicit`` the whole session is TLS (port 465 style)."""
-
-    def reply(self, line):
-        self.connection.sendall((line + "\r\n").encode())
-
-    def setup(self):
-        if self.server.implicit:
-            self.request = self.server.tls.wrap_socket(self.request, server_side=True)
-        super().setup()
-
-    def handle(self):
-        box = self.server.box
-        self.reply("220 sink ESMTP")
-        data, in_data, auth, secure = [], False, None, self.server.implicit
-        while True:
-            raw = self.rfile.readline()
-            if not raw:
-                return
-            line = raw.decode().rstrip("\r\n")
-            if in_data:
-                if line == ".":
-                    box.mails.append({"auth": auth, "text": "\n".join(data), "tls": secure})
-                    in_data, data = False, []
-                    self.reply("250 queued")
-                else:
-                    data.append(line[1:] if line.startswith("..") else line)
-                continue
-            verb = line.split(" ", 1)[0].upper()
-            if verb == "EHLO":
-                caps = ["sink", "AUTH PLAIN"] + (["STARTTLS"] if self.server.tls and not secure else [])
-                for i, cap in enumerate(caps):
-                    self.reply(("250 " if i == len(caps) - 1 else "250-") + cap)
-            elif verb == "STARTTLS":
-                self.reply("220 go ahead")
-                self.connection = self.request = self.server.tls.wrap_socket(self.connection, server_side=True)
-                self.rfile = self.connection.makefile("rb")
-                secure = True
-            elif verb == "AUTH":
-                auth = base64.b64decode(line.split()[-1]).split(b"\0")[1:]
-                self.reply("535 bad login" if auth[1] == b"wrong" else "235 ok")
-            elif verb == "DATA":
-                in_data = True
-                self.reply("354 go on")
-            elif verb == "QUIT":
-                self.reply("221 bye")
-                return
-            else:
-                self.reply("250 ok")
-
-
-class SmtpSink(socketserver.ThreadingTCPServer):
-    daemon_threads = True
+class SmtpSink(receiver.SmtpServer):
+    """The test servers' SMTP stand-in (molecule/shared/receiver.py), on any
+    free port: its mails in BOX, the password "wrong" refused."""
 
     def __init__(self, box, tls=None, implicit=False):
-        self.box, self.tls, self.implicit = box, tls, implicit
-        super().__init__(("127.0.0.1", 0), Smtp)
+        self.box = box
+        super().__init__(0, tls, implicit, deliver=box.mails.append, accept=lambda user, password: password != b"wrong")
 
     def handle_error(self, request, client_address):
         # A handshake the client refused: recorded, not printed.
