@@ -268,6 +268,14 @@ def redis_url(names, password):
     return f"redis://{names['user']}:{quote(password, safe='')}@{names['host']}:6379/0"
 
 
+# Each Redis user's ACL rules, after its password: every key and channel of
+# its server (the apps sharing it said so), every command but @admin (no
+# CONFIG, ACL, MODULE, DEBUG, SHUTDOWN or REPLICAOF); the owner's user also
+# stands for the server's off-site copy (BGSAVE, LASTSAVE, CONFIG GET).
+REDIS_RULES = "~* &* +@all -@admin"
+REDIS_OWNER_RULES = REDIS_RULES + " +bgsave +lastsave +config|get"
+
+
 def data_stores(apps, secrets=True):
     """What the postgres role runs for the model APPS: the networks the shared
     PostgreSQL joins (those of the apps whose database is in it), each
@@ -305,7 +313,12 @@ def data_stores(apps, secrets=True):
                 server.update(app=r["owner"], user=r["user"], password_file=r["password_file"])
             server["networks"].append(derived["network"])
             server["users"].append(
-                {"user": r["user"], "password_file": r["password_file"], "password": app.get("redis_password") or ""}
+                {
+                    "user": r["user"],
+                    "password_file": r["password_file"],
+                    "password": app.get("redis_password") or "",
+                    "rules": REDIS_OWNER_RULES if r["user"] == r["owner"] else REDIS_RULES,
+                }
             )
     out = {
         "shared_networks": sorted(set(shared)),

@@ -204,6 +204,9 @@ def test_databases_are_named_in_one_place_shared_or_own():
     (server,) = stores["redis"]
     assert server["networks"] == ["onebox_mailer", "onebox_shop"] and server["owner"] == "shop"
     assert [u["user"] for u in server["users"]] == ["shop", "mailer"] and "password" not in server["users"][0]
+    # The owner's user stands for the server (the off-site copy's BGSAVE); no user runs @admin.
+    assert [u["rules"] for u in server["users"]] == [model.REDIS_OWNER_RULES, model.REDIS_RULES]
+    assert "-@admin" in model.REDIS_RULES and "+config|get" in model.REDIS_OWNER_RULES
     (shop_db, _blog_db) = sorted(stores["databases"], key=lambda d: d["name"], reverse=True)
     assert shop_db["apps"] == ["shop", "mailer"] and shop_db["job"] == "shop"
     assert stores["shared_networks"] == ["onebox_mailer", "onebox_shop"]
