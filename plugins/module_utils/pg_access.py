@@ -179,6 +179,14 @@ def parse_facts(line):
     return out
 
 
+def revoke_public(databases, server, said):
+    """CONNECT taken from PUBLIC on each of DATABASES (the other app
+    databases still open to every role), appended to SERVER and SAID."""
+    for other in sorted(set(databases)):
+        server.append(f"REVOKE CONNECT ON DATABASE {quote_ident(other)} FROM PUBLIC")
+        said.append(f"revoke CONNECT on {other} from PUBLIC")
+
+
 def plan(facts, role, db, password, superuser, public_dbs, owned=0, salt=None, owns_database=True, member_of=()):
     """The SQL that makes FACTS what is wanted, as (statements for the
     postgres database, statements for the app's database, what changes, in
@@ -217,9 +225,7 @@ def plan(facts, role, db, password, superuser, public_dbs, owned=0, salt=None, o
         if not facts.get("connect"):
             server.append(f"GRANT CONNECT ON DATABASE {d} TO {r}")
             said.append(f"grant CONNECT on {db} to {role}")
-        for other in sorted(x for x in facts["public_connect"] if x in public_dbs):
-            server.append(f"REVOKE CONNECT ON DATABASE {quote_ident(other)} FROM PUBLIC")
-            said.append(f"revoke CONNECT on {other} from PUBLIC")
+        revoke_public([x for x in facts["public_connect"] if x in public_dbs], server, said)
         return server, in_db, said
     if not facts["owner"]:
         server.append(f"CREATE DATABASE {d} OWNER {r}")
@@ -231,9 +237,7 @@ def plan(facts, role, db, password, superuser, public_dbs, owned=0, salt=None, o
     if not facts["owner"] or db in public:
         server.append(f"REVOKE CONNECT, TEMPORARY ON DATABASE {d} FROM PUBLIC")
         said.append(f"revoke CONNECT on {db} from PUBLIC")
-    for other in sorted(set(public) - {db}):
-        server.append(f"REVOKE CONNECT ON DATABASE {quote_ident(other)} FROM PUBLIC")
-        said.append(f"revoke CONNECT on {other} from PUBLIC")
+    revoke_public(set(public) - {db}, server, said)
     if owned or (facts["owner"] and facts["owner"] != role):
         in_db.append(REASSIGN_SQL.format(superuser=quote_literal(superuser), role=quote_literal(role)))
         said.append(f"hand {owned} object(s) in {db} owned by {superuser} to {role}")
