@@ -174,7 +174,9 @@ start_load() {
 
 # Run on the server: demo's live colour (onebox status), its container's
 # DATABASE_URL and REDIS_URL pointed at 127.0.0.1 inside the database's and
-# Redis's own containers, a query and a write with each.
+# Redis's own containers, a query and a write with each (single quotes: it
+# expands on the server).
+# shellcheck disable=SC2016
 DATA_PROBE='live=$(onebox status demo | sed -n "1s/.*live on \([a-z]*\) .*/\1/p")
 [ -n "$live" ] || { echo "demo has no live colour"; exit 0; }
 env=$(docker inspect -f "{{range .Config.Env}}{{println .}}{{end}}" "demo-$live")
