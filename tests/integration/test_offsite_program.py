@@ -394,3 +394,7 @@ def test_the_plan_of_a_recovery_before_a_release(server):
     ):
         rc, out = run(path, "plan", str(dest), *args)
         assert rc == 1 and said in out and "Nothing was changed" in out, out
+    # Told to, a database with no copy of that moment is left as it is.
+    rc, out = run(path, "plan", str(dest), "--time", "2026-11-25T05:00:00Z", "--keep-uncovered")
+    assert rc == 0, out
+    assert [(d["name"], d["way"], d["dump"]) for d in json.loads(out)["databases"]] == [("shop", "keep", "")]

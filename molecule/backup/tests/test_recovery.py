@@ -553,20 +553,24 @@ def test_recover_yml_over_a_live_server_takes_a_safety_copy_and_deploys_the_rele
     (recover_over_live) and to just before v2: a verified copy of the
     database first (recorded, the command that puts it back printed), the
     maintenance page meanwhile, then v1 deployed (the release live at that
-    moment), not v2."""
+    moment), not v2. The worker's database has no copy that old (this
+    server took every dump it holds, after v2): refused, with the shop back
+    out of maintenance, until recover_keep_uncovered leaves it as it is."""
     new = host(NEW)
-    proc = run_playbook(
-        "recover.yml",
-        "-l",
-        "recovery",
-        "-e",
-        "recover_over_live=true",
-        "-e",
-        "recover_before_release=shop:v2",
-        timeout=1800,
-    )
+    args = ["recover.yml", "-l", "recovery", "-e", "recover_over_live=true", "-e", "recover_before_release=shop:v2"]
+    proc = run_playbook(*args, timeout=1800)
+    out = one_line(proc)
+    assert proc.returncode != 0, out[-4000:]
+    assert "recover.yml stopped before it restored anything" in out and "no verified dump of notes" in out, out[-4000:]
+    assert "recover_keep_uncovered=true" in out and "out of maintenance again" in out
+    assert answered(disaster["new_ip"], "v2")
+    assert not new.file("/var/lib/onebox/shop/maintenance-colour").exists
+    assert notes_sql(NEW, "SELECT count(*) FROM notes") == str(NOTES_ROWS)
+    notes_sql(NEW, "INSERT INTO notes VALUES (1000, 'written after the recovery')")
+    proc = run_playbook(*args, "-e", "recover_keep_uncovered=true", timeout=1800)
     out = one_line(proc)
     assert proc.returncode == 0, out[-4000:]
+    assert "Kept as they were (no copy of that moment): notes" in out
     copy = new.check_output("ls /var/backups/onebox/shop | grep '^prerecover-shop-.*\\.dump$' | tail -n 1")
     path = f"/var/backups/onebox/shop/{copy}"
     assert new.run(f"cd /var/backups/onebox/shop && sha256sum -c {copy}.sha256").rc == 0
@@ -584,9 +588,9 @@ def test_recover_yml_over_a_live_server_takes_a_safety_copy_and_deploys_the_rele
     ids = {int(x) for x in psql(NEW, "SELECT id FROM ticks").split()}
     assert early <= ids and not (during | late) & ids
     assert checksums(NEW) == disaster["uploads"]
-    # The worker's database too: a safety copy first, then its dump of that moment.
+    # The worker's database: a safety copy first, and left as it was.
     assert new.run("ls /var/backups/onebox/notes | grep -q '^prerecover-notes-.*\\.dump$'").rc == 0
-    assert notes_sql(NEW, "SELECT count(*) FROM notes") == str(NOTES_ROWS)
+    assert notes_sql(NEW, "SELECT count(*) FROM notes") == str(NOTES_ROWS + 1)
     assert not new.file("/var/lib/onebox/shop/maintenance-colour").exists
     for secret in (
         "molecule-only-restic-password",

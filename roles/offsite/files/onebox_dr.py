@@ -13,7 +13,7 @@ timers and by playbooks/recover.yml.
     onebox-dr pitr-info           pgBackRest info (JSON)
     onebox-dr drill [--query SQL] restore to now into a scratch container, check, remove
     onebox-dr fetch DEST          verify the off-site copies, restore them into DEST
-    onebox-dr plan DEST [--time T | --before-release APP:VERSION]
+    onebox-dr plan DEST [--time T | --before-release APP:VERSION] [--keep-uncovered]
                                   the moment to recover to, the release of each app live
                                   then, each database's way back (WAL or its dump)
     onebox-dr restore-db [--time T | --before-release APP:VERSION] [--repo DIR]
@@ -510,7 +510,8 @@ def plan(cfg, args):
     anything is touched: the moment, the release of each app to deploy (the
     one live then), and each database's way back: the WAL (the shared
     cluster, with a fetched point-in-time repository) or its newest
-    verified dump at or before the moment (any other database)."""
+    verified dump at or before the moment (any other database); with none,
+    refused, or left as it is ("keep") with --keep-uncovered."""
     with open(os.path.join(args.dest, "manifest.json"), encoding="utf-8") as fh:
         manifest = json.load(fh)
     root = manifest["root"]
@@ -527,13 +528,19 @@ def plan(cfg, args):
             folder = os.path.join(root, model.paths(db["job"])["backup_dir"].lstrip("/"))
             found = [b for prefix in ("", "predeploy-") for b in pg_backup.list_backups(folder, prefix, db["name"])]
             chosen = pitr.dump_at(found, target)
-            if chosen is None:
+            if chosen is None and not args.keep_uncovered:
                 raise pitr.PitrError(
                     f"the snapshot holds no verified dump of {db['name']} "
                     f"{'made by ' + pitr.pg_time(target) if target else ''} ({folder}), and the point-in-time "
-                    "repository does not cover it. Nothing was changed."
+                    f"repository does not cover it. Nothing was changed. To restore the rest and leave {db['name']} "
+                    "as it is on this server: recover_keep_uncovered=true (onebox-dr plan --keep-uncovered)."
                 )
-            entry.update(way="dump", dump=chosen["path"], dump_time=chosen["time"].strftime("%Y-%m-%dT%H:%M:%SZ"))
+            if chosen is None:
+                entry.update(way="keep", dump="")
+            else:
+                entry.update(
+                    way="dump", dump=chosen["path"], dump_time=chosen["time"].strftime("%Y-%m-%dT%H:%M:%SZ")
+                )
         databases.append(entry)
     return {
         "target": target.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if target else "",
@@ -606,6 +613,11 @@ def main(argv=None):
         p = sub.add_parser(name)
         if name == "plan":
             p.add_argument("dest")
+            p.add_argument(
+                "--keep-uncovered",
+                action="store_true",
+                help="leave a database with no copy of that moment as it is, instead of refusing",
+            )
         p.add_argument("--time", default="")
         p.add_argument("--before-release", default="", help="APP:VERSION")
     p = sub.choices["restore-db"]
