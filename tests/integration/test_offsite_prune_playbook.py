@@ -92,7 +92,8 @@ def test_the_prune_playbook_applies_retention_with_its_own_access(storage, tmp_p
     rc, out = playbook(inventory)
     assert rc == 0, out[-3000:]
     assert "removed 2 of 3 snapshot(s)" in out and "changed=1" in out, out[-3000:]
-    assert snapshot_count(storage) == 1
+    # The one kept, and the run's marker (the server's backups read it).
+    assert snapshot_count(storage) == 2
     # The private directory with the credentials is gone.
     assert not list(pathlib.Path(tempfile.gettempdir()).glob("onebox-prune-*"))
     for secret in (PASSWORD, offsite_storage.RREST_PASSWORD):
@@ -100,6 +101,7 @@ def test_the_prune_playbook_applies_retention_with_its_own_access(storage, tmp_p
     # Again: nothing left to do.
     rc, out = playbook(inventory)
     assert rc == 0 and "changed=0" in out, out[-3000:]
+    assert snapshot_count(storage) == 2  # a new marker in place of the old one
 
 
 def test_a_prune_without_credentials_of_its_own_is_refused(tmp_path):

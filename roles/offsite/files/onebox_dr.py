@@ -538,9 +538,7 @@ def plan(cfg, args):
             if chosen is None:
                 entry.update(way="keep", dump="")
             else:
-                entry.update(
-                    way="dump", dump=chosen["path"], dump_time=chosen["time"].strftime("%Y-%m-%dT%H:%M:%SZ")
-                )
+                entry.update(way="dump", dump=chosen["path"], dump_time=chosen["time"].strftime("%Y-%m-%dT%H:%M:%SZ"))
         databases.append(entry)
     return {
         "target": target.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if target else "",
