@@ -346,6 +346,15 @@ def disaster(live):
         history = [json.loads(x) for x in target.check_output("cat /var/lib/onebox/shop/releases.jsonl").splitlines()]
         out["v2_live_at"] = history[-1]["time"]
         out["audit"] = target.check_output("cat /var/lib/onebox/shop/audit.log")
+        # The worker's dumps, all made after v2: its timer (every 20 s here)
+        # stopped, the older ones removed, one taken now. Then no copy of
+        # notes is as old as "before v2" (as for a worker added later), and
+        # the over-live recovery below meets that case every time.
+        target.check_output(
+            "systemctl stop onebox-backup@notes.timer && "
+            "while systemctl is-active -q onebox-backup@notes.service; do sleep 1; done && "
+            "rm -f /var/backups/onebox/notes/notes-* && systemctl start onebox-backup@notes.service"
+        )
         t0 = time.monotonic()
         rc, snap = dr(TARGET, "backup")
         assert rc == 0, snap
@@ -553,8 +562,8 @@ def test_recover_yml_over_a_live_server_takes_a_safety_copy_and_deploys_the_rele
     (recover_over_live) and to just before v2: a verified copy of the
     database first (recorded, the command that puts it back printed), the
     maintenance page meanwhile, then v1 deployed (the release live at that
-    moment), not v2. The worker's database has no copy that old (this
-    server took every dump it holds, after v2): refused, with the shop back
+    moment), not v2. The worker's database has no copy that old (every dump
+    of it in the snapshot was made after v2): refused, with the shop back
     out of maintenance, until recover_keep_uncovered leaves it as it is."""
     new = host(NEW)
     args = ["recover.yml", "-l", "recovery", "-e", "recover_over_live=true", "-e", "recover_before_release=shop:v2"]
