@@ -71,7 +71,8 @@ build_postgres() {
   rm -f .cache/images/postgres-15.tar
   local ctx; ctx=$(mktemp -d)
   # The postgres user is 999:999, as in the official image; one layer (the
-  # servers' nested Docker uses vfs, which copies every layer in full).
+  # servers' nested Docker falls back to vfs where overlay2 cannot run,
+  # and vfs copies every layer in full).
   cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $BASE AS build
 COPY docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
