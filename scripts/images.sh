@@ -18,11 +18,16 @@ save() {
   [ -s ".cache/images/$2.tar" ] || docker save -o ".cache/images/$2.tar" "$1"
 }
 
-# BASE_REV: bump when the base image changes. It carries the security
-# updates published when it was built, as a provider's current image does:
-# site.yml's own "apply the pending security updates" then has little to
-# do on each test server (it took 76 s per server on an image without them).
-BASE_REV=2
+# BASE_REV: bump when the base image changes. It is shaped like Debian's
+# own images (the official container image, the cloud images): APT's
+# sources hold the release, its updates and the security archive, and it
+# carries the updates published when it was built, as a provider's current
+# image does (site.yml's "apply the pending security updates" then has
+# little to do on each test server: it took 76 s per server without them).
+# An image with the updates but without their archive in its sources cannot
+# install a package whose dependency the security archive moved on (perl
+# against an updated perl-base, for one).
+BASE_REV=3
 build_base() {
   current "$BASE" onebox_base_rev "$BASE_REV" && return 0
   command -v debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq debootstrap; }
@@ -41,15 +46,13 @@ build_base() {
   tar -C "$root" -c . | docker import - "$BASE-debootstrap" >/dev/null
   rm -rf "$root"
   local ctx; ctx=$(mktemp -d)
-  # The updates through a sources file of its own, removed again: the base
-  # role adds the security archive itself. Empty package lists must look
-  # stale, or apt's cache_valid_time skips the update and nothing can be
-  # installed.
+  # Empty package lists must look stale, or apt's cache_valid_time skips
+  # the update and nothing can be installed.
   cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $BASE-debootstrap
-RUN printf 'deb %s bookworm-updates main\\ndeb %s-security bookworm-security main\\n' "$MIRROR" "$MIRROR" >/etc/apt/sources.list.d/image-build.list \\
+RUN printf 'deb %s bookworm main\\ndeb %s bookworm-updates main\\ndeb %s-security bookworm-security main\\n' "$MIRROR" "$MIRROR" "$MIRROR" >/etc/apt/sources.list \\
  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -qq >/dev/null \\
- && rm /etc/apt/sources.list.d/image-build.list && apt-get clean \\
+ && apt-get clean \\
  && rm -rf /var/lib/apt/lists/* && touch -d @0 /var/lib/apt/lists
 FROM scratch
 COPY --from=0 / /

@@ -167,7 +167,8 @@ def test_published_ports_do_not_bypass_ufw(target, client, target_ip, busybox_im
 
 
 def test_unattended_security_upgrades(target):
-    # The security archive is in APT's sources (the debootstrap image has none).
+    # The security archive is in APT's sources (the test image's own, as in
+    # Debian's images; the role adds it where a minimal Debian has none).
     assert "bookworm-security" in target.check_output("apt-cache policy")
     dump = target.check_output("apt-config dump")
     assert 'APT::Periodic::Unattended-Upgrade "1";' in dump
