@@ -139,7 +139,9 @@ previous_version_server() {
       >"$WORK/previous-deploy.log" || { tail -40 "$WORK/previous-deploy.log"; return 1; }
   done
   answers v1
-  stamp "previous version ($UPGRADE_FROM): site.yml and demo, blog, mailer v1"
+  # Its inventory named a storage driver (vfs) that this one's does not.
+  DRIVER_BEFORE=$(docker exec "$ONEBOX_LOCAL_NAME" docker info -f '{{.Driver}}')
+  stamp "previous version ($UPGRADE_FROM): site.yml and demo, blog, mailer v1 (storage driver $DRIVER_BEFORE)"
 }
 
 # Requests to both web apps, about 20 a second each, until stop_load (at
@@ -215,7 +217,12 @@ check_moved_over() {
   [[ -e $WORK/load-data.end ]] || { echo "the data probe ended before site.yml did" >&2; return 1; }
   ((total > 20 && bad == 0 && redis > 0)) ||
     { echo "demo's live credentials failed while site.yml moved the server over" >&2; return 1; }
-  local env
+  local driver env
+  # The engine still keeps its containers where it did (a restart with
+  # another storage driver would know none of them).
+  driver=$(docker exec "$ONEBOX_LOCAL_NAME" docker info -f '{{.Driver}}')
+  [[ $driver == "$DRIVER_BEFORE" ]] ||
+    { echo "site.yml moved the engine from storage driver $DRIVER_BEFORE to $driver" >&2; return 1; }
   # The live colour: the one site.yml started last (the other one stands by
   # with the old environment, as the fallback of a blue-green switch).
   env=$(docker exec "$ONEBOX_LOCAL_NAME" sh -c 'docker inspect -f "{{.Created}} {{json .Config.Env}}" \

@@ -50,7 +50,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
-from ansible_collections.onebox.platform.plugins.module_utils import site_plan
+from ansible_collections.onebox.platform.plugins.module_utils import docker_daemon, site_plan
 from ansible_collections.onebox.platform.plugins.module_utils.releases import keep_versions
 
 
@@ -116,6 +116,13 @@ def release_keep(versions, keep, running=None):
     return keep_versions(versions or [], keep, running or [])
 
 
+def docker_daemon_config(defaults, options=None, current=None, engine=None):
+    try:
+        return docker_daemon.config(defaults or {}, options or {}, current, engine)
+    except docker_daemon.DaemonConfigError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -130,4 +137,5 @@ class FilterModule:
             "apps_public": apps_public,
             "release_keep": release_keep,
             "tls_probe_targets": tls_probe_targets,
+            "docker_daemon_config": docker_daemon_config,
         }
