@@ -350,10 +350,20 @@ def disaster(live):
         # stopped, the older ones removed, one taken now. Then no copy of
         # notes is as old as "before v2" (as for a worker added later), and
         # the over-live recovery below meets that case every time.
+        # A oneshot that runs is "activating", which is-active does not count
+        # as active: wait on its state itself, or the rm below meets a dump
+        # being written.
         target.check_output(
             "systemctl stop onebox-backup@notes.timer && "
-            "while systemctl is-active -q onebox-backup@notes.service; do sleep 1; done && "
+            'while [ "$(systemctl show -P ActiveState onebox-backup@notes.service)" = activating ]; '
+            "do sleep 1; done && "
             "rm -f /var/backups/onebox/notes/notes-* && systemctl start onebox-backup@notes.service"
+        )
+        listing = target.check_output("ls -1 /var/backups/onebox/notes")
+        names = listing.split()
+        dumps = [n for n in names if re.match(r"notes-\d{8}T\d{6}Z\.", n) and not n.endswith(".sha256")]
+        assert dumps and all(f"{d}.sha256" in names for d in dumps), (
+            listing + "\n" + target.run("journalctl -u onebox-backup@notes.service -n 30 --no-pager").stdout
         )
         t0 = time.monotonic()
         rc, snap = dr(TARGET, "backup")
