@@ -43,20 +43,51 @@ def parse_line(line):
         "status": int(m["status"]),
         # Time to the server's response headers; -1 when it never answered.
         "tr_ms": int(m["Tr"]),
-        "path": m["uri"].split("?", 1)[0],
+        "path": request_path(m["uri"]),
     }
 
 
-def wilson_lower(errors, total, z=1.96):
-    """Lower bound of the 95 % confidence interval of errors/total (Wilson):
-    above the limit means "over the limit", not "one unlucky request"."""
+ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+def request_path(uri):
+    """The path of a logged request URI, without its query. HAProxy logs an
+    HTTP/2 request (and an HTTP/1 one sent in absolute form) as
+    scheme://authority/path: the path is what verify_skip_paths names."""
+    path = ABSOLUTE.sub("", uri, count=1) if "://" in uri else uri
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    return path if path.startswith("/") or path == "*" else "/" + path
+
+
+def wilson_interval(errors, total, z=1.96):
+    """(low, high) of the confidence interval of errors/total (Wilson; z=1.96
+    is 95 % two-sided): "over the limit" means over it with that confidence,
+    not "one unlucky request"."""
     if total <= 0:
-        return 0.0
+        return 0.0, 1.0
     p = errors / total
     denom = 1 + z * z / total
     centre = p + z * z / (2 * total)
     margin = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total))
-    return max(0.0, (centre - margin) / denom)
+    return max(0.0, (centre - margin) / denom), min(1.0, (centre + margin) / denom)
+
+
+def wilson_lower(errors, total, z=1.96):
+    """Lower bound of the Wilson interval of errors/total."""
+    return wilson_interval(errors, total, z)[0]
+
+
+def error_excess(tally, base, z):
+    """How much worse the 5xx share of TALLY is than BASE's at least, with the
+    confidence z gives (Newcombe's difference of two Wilson intervals). BASE
+    None: against no errors at all."""
+    p = tally.errors / tally.requests
+    low, _high = wilson_interval(tally.errors, tally.requests, z)
+    if base is None:
+        return low
+    q = base.errors / base.requests
+    _low, q_high = wilson_interval(base.errors, base.requests, z)
+    return (p - q) - math.sqrt((p - low) ** 2 + (q_high - q) ** 2)
 
 
 def percentile(values, q):
@@ -66,6 +97,21 @@ def percentile(values, q):
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return ordered[rank - 1]
+
+
+def percentile_bound(values, q, z, upper=False):
+    """A confidence bound of the q-th percentile of the population VALUES
+    were drawn from, by order statistics: the value at rank n*q -/+ z
+    standard deviations of the binomial count below it. Two slow requests
+    among twenty move the nearest-rank p95, not its lower bound."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    n = len(ordered)
+    share = q / 100.0
+    spread = z * math.sqrt(n * share * (1 - share))
+    rank = math.ceil(n * share + spread) if upper else math.floor(n * share - spread)
+    return ordered[min(n, max(1, rank)) - 1]
 
 
 class Tally:
@@ -96,18 +142,34 @@ class Tally:
 
 
 class Gates:
-    """When a release's traffic says it is bad.
+    """When a release's traffic says it is bad, judged against the previous
+    release's recent traffic (the baseline) with the uncertainty of both.
 
-    - 5xx: the ratio is over ``max_error_rate`` with 95 % confidence, once
-      ``min_requests`` were seen (with fewer, nothing is judged: the probes
-      decide);
-    - latency: with ``min_requests`` seen, its p95 is over
-      max(``latency_factor`` x the baseline p95, baseline p95 + ``latency_floor_ms``),
-      the baseline being the previous colour's recent requests (no baseline:
-      no latency gate).
+    - 5xx: the new colour's share is over the baseline's by more than
+      ``max_error_rate`` (points), with confidence (no baseline, or one of
+      fewer than ``min_requests``: over ``max_error_rate`` itself). A steady
+      share of 5xx that was there before the deploy is not the release's.
+    - latency: its p95 (a lower confidence bound of it) is over
+      max(``latency_factor`` x the baseline p95, the baseline p95 +
+      ``latency_floor_ms``), the baseline p95 taken at its upper confidence
+      bound. No baseline: no latency gate.
+
+    Nothing is judged before ``min_requests`` (the probes decide). While the
+    window runs the traffic is judged again and again, so only overwhelming
+    evidence decides early (``z_early``: a release answering 20 % 5xx is
+    switched back within its first requests); at the end of the window (or
+    of a canary step) the whole sample is judged once at ``z_final``.
     """
 
-    def __init__(self, max_error_rate=0.01, min_requests=20, latency_factor=2.0, latency_floor_ms=100):
+    def __init__(
+        self,
+        max_error_rate=0.01,
+        min_requests=20,
+        latency_factor=2.0,
+        latency_floor_ms=100,
+        z_early=3.5,
+        z_final=1.28,
+    ):
         if not 0 <= float(max_error_rate) < 1:
             raise ValueError(f"max_error_rate must be from 0 to 1 (0.01 is 1 %), not {max_error_rate}")
         if int(min_requests) < 1:
@@ -118,29 +180,48 @@ class Gates:
         self.min_requests = int(min_requests)
         self.latency_factor = float(latency_factor)
         self.latency_floor_ms = float(latency_floor_ms)
+        self.z_early = float(z_early)
+        self.z_final = float(z_final)
 
-    def latency_bound(self, baseline_p95):
-        if baseline_p95 is None:
+    def usable(self, base):
+        """BASE when it holds enough requests to compare with, else None."""
+        return base if base is not None and base.requests >= self.min_requests else None
+
+    def latency_bound(self, base):
+        """The p95 (ms) the new colour must stay under; None without a baseline."""
+        base = self.usable(base)
+        if base is None or len(base.times) < self.min_requests:
             return None
-        return max(self.latency_factor * baseline_p95, baseline_p95 + self.latency_floor_ms)
+        high = percentile_bound(base.times, 95, self.z_final, upper=True)
+        return max(self.latency_factor * high, high + self.latency_floor_ms)
 
-    def judge(self, tally, baseline_p95):
-        """None while the traffic is fine (or too little to judge), else why it is bad."""
+    def judge(self, tally, base=None, final=False):
+        """None while the traffic is fine (or too little to judge), else why
+        it is bad. BASE: the baseline's Tally (None: there is none). FINAL:
+        the judgement of the whole window, at z_final."""
         if tally.requests < self.min_requests:
             return None
-        low = wilson_lower(tally.errors, tally.requests)
-        if tally.errors and low > self.max_error_rate:
-            return (
-                f"{tally.errors} of {tally.requests} requests answered 5xx "
-                f"({100.0 * tally.errors / tally.requests:.1f} %, over the {100 * self.max_error_rate:g} % limit)"
-            )
-        bound = self.latency_bound(baseline_p95)
-        p95 = percentile(tally.times, 95)
-        if bound is not None and p95 is not None and len(tally.times) >= self.min_requests and p95 > bound:
-            return (
-                f"p95 response time {p95} ms over {tally.requests} requests is over the bound of {bound:g} ms "
-                f"(the previous colour's p95 was {baseline_p95} ms)"
-            )
+        z = self.z_final if final else self.z_early
+        base = self.usable(base)
+        if tally.errors and error_excess(tally, base, z) > self.max_error_rate:
+            share = 100.0 * tally.errors / tally.requests
+            if base is None:
+                limit = f"over the {100 * self.max_error_rate:g} % limit"
+            else:
+                limit = (
+                    f"over the previous release's {100.0 * base.errors / base.requests:.1f} % "
+                    f"+ {100 * self.max_error_rate:g} %"
+                )
+            return f"{tally.errors} of {tally.requests} requests answered 5xx ({share:.1f} %, {limit})"
+        bound = self.latency_bound(base)
+        if bound is not None and len(tally.times) >= self.min_requests:
+            low = percentile_bound(tally.times, 95, z)
+            if low > bound:
+                return (
+                    f"p95 response time {percentile(tally.times, 95)} ms over {tally.requests} requests "
+                    f"(at least {low} ms) is over the bound of {bound:g} ms "
+                    f"(the previous colour's p95 was {percentile(base.times, 95)} ms)"
+                )
         return None
 
 
@@ -177,7 +258,7 @@ def skipped(path, patterns):
     return any(path == p or (p.endswith("*") and path.startswith(p[:-1])) for p in patterns)
 
 
-def baseline(records, backend, server, skip_paths=(), last=1000):
+def baseline(records, backend, server, skip_paths=(), last=3000):
     """The recent requests of BACKEND/SERVER among RECORDS, as a Tally."""
     tally = Tally()
     mine = [

@@ -115,11 +115,6 @@ class Verifier:
         self.baseline = baseline(records, self.backend, self.baseline_server, self.skip_paths)
         return self.baseline
 
-    def baseline_p95(self):
-        if self.baseline is None or self.baseline.requests < self.gates.min_requests:
-            return None
-        return self.baseline.figures()["p95_ms"]
-
     def _switch(self, active, weights):
         switch = Switch(
             self.client,
@@ -142,7 +137,7 @@ class Verifier:
 
     def _facts(self, watcher, **extra):
         tally = watcher.tally(self.server)
-        bound = self.gates.latency_bound(self.baseline_p95())
+        bound = self.gates.latency_bound(self.baseline)
         facts = {
             "figures": tally.figures(),
             "baseline": self.baseline.figures() if self.baseline else None,
@@ -161,7 +156,10 @@ class Verifier:
         next_health = start
         while True:
             now = self.clock()
-            reason = self.gates.judge(watcher.tally(self.server), self.baseline_p95())
+            done = now - start >= seconds
+            # The whole sample is judged once more, at the end, with the
+            # confidence of a single judgement.
+            reason = self.gates.judge(watcher.tally(self.server), self.baseline, final=done)
             if reason:
                 return reason, round(now - start, 3)
             if probe_fn and now >= next_probe:
@@ -179,7 +177,7 @@ class Verifier:
                         round(now - start, 3),
                     )
                 next_health = now + 1.0
-            if now - start >= seconds:
+            if done:
                 return None, round(now - start, 3)
             time.sleep(0.1)
 

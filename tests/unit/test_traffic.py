@@ -10,6 +10,9 @@ from ansible_collections.onebox.platform.plugins.module_utils.traffic import (
     Tally,
     parse_line,
     percentile,
+    percentile_bound,
+    request_path,
+    wilson_interval,
     wilson_lower,
 )
 from ansible_collections.onebox.platform.plugins.module_utils.verify import normalize_checks
@@ -42,6 +45,27 @@ def test_lines_are_parsed_into_server_status_and_time():
     assert parse_line("") is None
 
 
+@pytest.mark.parametrize(
+    "uri, path",
+    [
+        ("/events/feed?since=3", "/events/feed"),
+        # HTTP/2 requests are logged in absolute form: before, a skipped
+        # /events/* long poll over HTTP/2 counted as slow traffic.
+        ("https://shop.example.com/events/feed?since=3", "/events/feed"),
+        ("https://shop.example.com:8443/", "/"),
+        ("https://shop.example.com", "/"),
+        ("https://shop.example.com?x=1", "/"),
+        ("http://[2001:db8::1]:80/health", "/health"),
+        ("*", "*"),
+        ("/a#frag", "/a"),
+    ],
+)
+def test_request_paths_are_normalised_before_they_are_skipped(uri, path):
+    assert request_path(uri) == path
+    h2 = OK.replace("GET /cart?id=3 HTTP/1.1", f"GET {uri} HTTP/2.0")
+    assert parse_line(h2)["path"] == path
+
+
 def test_a_tally_counts_5xx_and_ignores_aborted_requests():
     t = Tally()
     for line in (OK, FIVE, ABORT):
@@ -57,6 +81,9 @@ def test_wilson_lower_bound():
     # Three in 20: not bad luck.
     assert wilson_lower(3, 20) > 0.01
     assert wilson_lower(50, 100) == pytest.approx(0.404, abs=0.002)
+    low, high = wilson_interval(50, 100)
+    assert high == pytest.approx(1 - low)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_percentile_is_nearest_rank():
@@ -66,30 +93,78 @@ def test_percentile_is_nearest_rank():
     assert percentile([1, 2, 3, 100], 95) == 100
 
 
-def tally(n, errors=0, ms=5):
+def tally(n, errors=0, ms=5, slow=0, slow_ms=1500):
+    """N requests: ERRORS of them 5xx; every one MS long but SLOW of them, SLOW_MS long."""
     t = Tally()
-    t.requests, t.errors, t.times = n, errors, [ms] * n
+    t.requests, t.errors, t.times = n, errors, [slow_ms] * slow + [ms] * (n - slow)
     return t
 
 
 def test_gates_judge_only_with_enough_requests():
     g = Gates(max_error_rate=0.01, min_requests=20)
-    assert g.judge(tally(19, errors=19), None) is None
-    assert "19 of 20 requests answered 5xx" in g.judge(tally(20, errors=19), None)
+    assert g.judge(tally(19, errors=19)) is None
+    assert "19 of 20 requests answered 5xx" in g.judge(tally(20, errors=19))
     # One 5xx among many: under the limit with confidence.
-    assert g.judge(tally(500, errors=1), None) is None
-    assert g.judge(tally(500, errors=15), None) is not None
+    assert g.judge(tally(500, errors=1)) is None
+    # 2 % of 500 is not overwhelming while the window runs; at its end it is over 1 %.
+    assert g.judge(tally(500, errors=10)) is None
+    assert "10 of 500 requests answered 5xx (2.0 %, over the 1 % limit)" in g.judge(tally(500, errors=10), final=True)
+
+
+def test_a_release_answering_a_fifth_5xx_is_caught_within_its_first_requests():
+    g = Gates(max_error_rate=0.01, min_requests=20)
+    clean = tally(1000)
+    assert "4 of 20 requests answered 5xx" in g.judge(tally(20, errors=4), clean)
+
+
+def test_a_steady_share_of_5xx_from_before_the_deploy_is_not_the_releases():
+    """Before: a previous release with 2.5 % of 5xx made every deploy fail."""
+    g = Gates(max_error_rate=0.01, min_requests=20)
+    before = tally(1000, errors=25)
+    for n in (20, 100, 500, 2000):
+        same = tally(n, errors=round(0.025 * n))
+        assert g.judge(same, before) is None, n
+        assert g.judge(same, before, final=True) is None, n
+    # Three points more than before, over a sample that shows it.
+    worse = tally(3000, errors=165)
+    assert g.judge(worse, before, final=True).endswith("over the previous release's 2.5 % + 1 %)")
+    # A baseline of fewer than min_requests is none: the absolute limit.
+    assert "over the 1 % limit" in g.judge(tally(500, errors=15), tally(10), final=True)
 
 
 def test_the_latency_bound_is_relative_with_a_floor():
     g = Gates(latency_factor=2, latency_floor_ms=100, min_requests=20)
     assert g.latency_bound(None) is None
-    assert g.latency_bound(4) == 104
-    assert g.latency_bound(300) == 600
-    assert g.judge(tally(50, ms=90), 4) is None
-    assert "p95 response time 305 ms" in g.judge(tally(50, ms=305), 4)
+    assert g.latency_bound(tally(10, ms=4)) is None, "too small a baseline"
+    assert g.latency_bound(tally(1000, ms=4)) == 104
+    assert g.latency_bound(tally(1000, ms=300)) == 600
+    assert g.judge(tally(50, ms=90), tally(1000, ms=4)) is None
+    assert "p95 response time 305 ms" in g.judge(tally(50, ms=305), tally(1000, ms=4))
     # No baseline: no latency gate.
-    assert g.judge(tally(50, ms=5000), None) is None
+    assert g.judge(tally(50, ms=5000)) is None
+
+
+def test_two_slow_requests_among_the_first_twenty_do_not_decide():
+    """Before: the nearest-rank p95 of 20 requests is their 19th, so two slow
+    ones failed the gate and rolled a good release back."""
+    g = Gates(latency_factor=2, latency_floor_ms=100, min_requests=20)
+    base = tally(1000, ms=40)
+    early = tally(20, ms=40, slow=2)
+    assert g.judge(early, base) is None
+    assert g.judge(early, base, final=True) is None
+    # Six slow ones in 20 decide at once; four at the end of the window.
+    assert "p95 response time 1500 ms" in g.judge(tally(20, ms=40, slow=6), base)
+    assert g.judge(tally(20, ms=40, slow=4), base) is None
+    assert "(at least 1500 ms)" in g.judge(tally(20, ms=40, slow=4), base, final=True)
+
+
+def test_percentile_bounds_come_from_order_statistics():
+    values = list(range(1, 1001))
+    low, high = percentile_bound(values, 95, 1.96), percentile_bound(values, 95, 1.96, upper=True)
+    assert low < 950 < high
+    assert (low, high) == (936, 964)
+    assert percentile_bound([], 95, 1.96) is None
+    assert percentile_bound([7], 95, 3.5) == 7 and percentile_bound([7], 95, 3.5, upper=True) == 7
 
 
 @pytest.mark.parametrize(
