@@ -77,16 +77,20 @@ def wilson_lower(errors, total, z=1.96):
     return wilson_interval(errors, total, z)[0]
 
 
-def error_excess(tally, base, z):
-    """How much worse the 5xx share of TALLY is than BASE's at least, with the
-    confidence z gives (Newcombe's difference of two Wilson intervals). BASE
-    None: against no errors at all."""
+def error_excess(tally, base, z, z_base=1.96, combined=True):
+    """How much worse the 5xx share of TALLY is than BASE's at least: TALLY's
+    share at the confidence Z gives, BASE's (a sample taken once) at
+    Z_BASE's. COMBINED: the bound of the difference (Newcombe's, from the
+    two Wilson intervals); else the gap between the intervals themselves,
+    which small samples cross less often. BASE None: against no 5xx."""
     p = tally.errors / tally.requests
     low, _high = wilson_interval(tally.errors, tally.requests, z)
     if base is None:
         return low
     q = base.errors / base.requests
-    _low, q_high = wilson_interval(base.errors, base.requests, z)
+    _low, q_high = wilson_interval(base.errors, base.requests, z_base)
+    if not combined:
+        return low - q_high
     return (p - q) - math.sqrt((p - low) ** 2 + (q_high - q) ** 2)
 
 
@@ -158,7 +162,10 @@ class Gates:
     window runs the traffic is judged again and again, so only overwhelming
     evidence decides early (``z_early``: a release answering 20 % 5xx is
     switched back within its first requests); at the end of the window (or
-    of a canary step) the whole sample is judged once at ``z_final``.
+    of a canary step) the whole sample is judged once at ``z_final``. The
+    baseline is one sample read once: its bounds are always at ``z_final``;
+    early, the new colour's interval must clear the baseline's, at the end
+    their difference is bounded (more power on the whole window).
     """
 
     def __init__(
@@ -167,8 +174,8 @@ class Gates:
         min_requests=20,
         latency_factor=2.0,
         latency_floor_ms=100,
-        z_early=3.5,
-        z_final=1.28,
+        z_early=4.0,
+        z_final=1.645,
     ):
         if not 0 <= float(max_error_rate) < 1:
             raise ValueError(f"max_error_rate must be from 0 to 1 (0.01 is 1 %), not {max_error_rate}")
@@ -203,7 +210,7 @@ class Gates:
             return None
         z = self.z_final if final else self.z_early
         base = self.usable(base)
-        if tally.errors and error_excess(tally, base, z) > self.max_error_rate:
+        if tally.errors and error_excess(tally, base, z, self.z_final, combined=final) > self.max_error_rate:
             share = 100.0 * tally.errors / tally.requests
             if base is None:
                 limit = f"over the {100 * self.max_error_rate:g} % limit"

@@ -22,10 +22,13 @@ description:
     and this module streams it over the Runtime API (C(show events onebox-traffic -w -n)). Requests to
     O(skip_paths) (the health path) are probes, not traffic.
   - The verdict. With fewer than O(min_requests) requests nothing is judged on traffic (said in RV(note)), and the
-    probes decide. Otherwise the release is bad when its 5xx ratio is over O(max_error_rate) with 95 % confidence
-    (the lower Wilson bound, so one unlucky request among few does not decide). It is also bad when its p95 response
-    time is over max(O(latency_factor) times the previous colour's p95, that p95 plus O(latency_floor_ms)).
-    The previous colour's p95 comes from its last 1000 requests in the ring before the switch.
+    probes decide. Otherwise the new colour is judged against the previous colour's last 3000 requests in the ring
+    before the switch (the baseline), with the uncertainty of both samples. It is bad when its share of 5xx answers
+    is over the baseline's by more than O(max_error_rate) (over O(max_error_rate) itself with no baseline), or when
+    its p95 response time is over max(O(latency_factor) times the baseline's p95, that p95 plus O(latency_floor_ms)),
+    each p95 taken at its confidence bound (order statistics), so two slow requests among twenty do not decide.
+    While the window or a canary step lasts only overwhelming evidence decides (a release answering a fifth 5xx is
+    switched back within its first requests); at its end the whole sample is judged once more at 95 % confidence.
 author:
   - onebox.platform developers (@onebox)
 options:
@@ -101,7 +104,9 @@ options:
     type: float
     default: 30
   max_error_rate:
-    description: Largest acceptable share of 5xx answers (V(0.01) is 1 %).
+    description:
+      - How much larger the new colour's share of 5xx answers may be than the previous colour's (V(0.01) is one
+        percentage point); with no baseline, the largest acceptable share itself.
     type: float
     default: 0.01
   min_requests:
