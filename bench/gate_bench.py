@@ -99,7 +99,7 @@ def window_requests(rng, case, rate, seconds, history):
     """[(arrival time, status, ms)] of the new colour, and the HISTORY
     requests of the previous release before it."""
     _name, _bad, base_rate, new_rate, slowdown, slow_early = case
-    base = [(0.0, 500 if rng.random() < base_rate else 200, latency(rng, 1.0)) for _ in range(history)]
+    base = [(0.0, 500 if rng.random() < base_rate else 200, latency(rng, 1.0)) for _i in range(history)]
     out, t = [], 0.0
     while True:
         t += rng.expovariate(rate)
@@ -143,7 +143,7 @@ def judge_window(traffic, gates, base, requests, seconds, before):
 def run_case(case, traffic, gates, windows, rate, seconds, seed, before, history):
     rng = random.Random(seed)
     caught, times = 0, []
-    for _ in range(windows):
+    for _window in range(windows):
         base, requests = window_requests(rng, case, rate, seconds, history)
         bad, at = judge_window(traffic, gates, base, requests, seconds, before)
         if bad:
@@ -158,7 +158,7 @@ def run_case(case, traffic, gates, windows, rate, seconds, seed, before, history
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--rate", type=float, default=50.0, help="new colour's requests a second")
     ap.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0], help="window lengths")
