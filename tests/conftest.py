@@ -229,18 +229,23 @@ defaults
 
 frontend web
     bind 127.0.0.1:{http_port}
-    default_backend app
+    default_backend {backend}
 
-backend app
+backend {backend}
     option httpchk GET /health
     default-server inter 300ms fall 2 rise 2
     server blue 127.0.0.1:{blue_port} check
     server green 127.0.0.1:{green_port} check {green_initial}
+{twins}"""
+# The haproxy role's backup twins (<colour>_fallback), with its check settings.
+TWINS = """    retry-on conn-failure empty-response
+    server blue_fallback 127.0.0.1:{blue_port} check backup disabled
+    server green_fallback 127.0.0.1:{green_port} check backup disabled
 """
 
 
 class HAProxy:
-    def __init__(self, workdir, blue, green):
+    def __init__(self, workdir, blue, green, backend="app", twins=False):
         if not shutil.which("haproxy"):
             pytest.fail("haproxy is not installed (scripts/test.sh setup installs it)")
         self.dir = workdir
@@ -259,6 +264,8 @@ class HAProxy:
                     blue_port=blue.port,
                     green_port=green.port,
                     green_initial="disabled",
+                    backend=backend,
+                    twins=TWINS.format(blue_port=blue.port, green_port=green.port) if twins else "",
                 )
             )
         self.start()

@@ -65,6 +65,11 @@ DEFAULTS = {
     "verify_seconds": 10,
     "verify_interval": 0.5,
     "drain_timeout": 30,
+    # After a deploy's switch, the release it left stays HAProxy's backup
+    # server behind the new one for this long (a crash falls back to it at
+    # once); 0: never. Never after a rollback or a switch back
+    # (releases.fallback_colour; onebox fallbacks takes it out).
+    "fallback_seconds": 300,
     "keep_releases": 5,
     "worker_order": "start-first",
     # The container's command (the image's CMD when empty): a worker is often
@@ -428,11 +433,20 @@ def _one(raw, index, errors, need_image=True):
         "verify_latency_floor_ms",
         "rollout_hold",
     )
-    for key in floats + ("verify_seconds", "drain_timeout", "stop_timeout", "keep_releases", "verify_min_requests"):
+    for key in floats + (
+        "verify_seconds",
+        "drain_timeout",
+        "fallback_seconds",
+        "stop_timeout",
+        "keep_releases",
+        "verify_min_requests",
+    ):
         try:
             app[key] = float(app[key]) if key in floats else int(app[key])
         except (TypeError, ValueError):
             errors.append(f"{where}: {key} must be a number, not {app[key]!r}")
+    if isinstance(app["fallback_seconds"], int) and app["fallback_seconds"] < 0:
+        errors.append(f"{where}: fallback_seconds must be 0 (no backup server) or more, not {app['fallback_seconds']}")
     _verification(app, where, errors)
     return app
 
@@ -649,6 +663,7 @@ LEGACY = {
     "app_verify_seconds": "verify_seconds",
     "app_verify_interval": "verify_interval",
     "app_drain_timeout": "drain_timeout",
+    "app_fallback_seconds": "fallback_seconds",
     "app_keep_releases": "keep_releases",
     "app_smoke_checks": "smoke_checks",
     "app_verify_max_error_rate": "verify_max_error_rate",

@@ -5,6 +5,9 @@ Standard library only."""
 
 from __future__ import annotations
 
+import calendar
+import time
+
 
 def rolled_back_versions(releases):
     """Versions a rollback has left and that no deploy has brought back since."""
@@ -99,3 +102,31 @@ def pinned_digest(history, version):
         if record.get("version") == version and record.get("repo_digest"):
             return record["repo_digest"]
     return ""
+
+
+def _stamp_seconds(stamp):
+    """Seconds since the epoch of a history stamp (release_log.STAMP, UTC); None when unreadable."""
+    try:
+        return float(calendar.timegm(time.strptime(str(stamp), "%Y-%m-%dT%H:%M:%SZ")))
+    except (TypeError, ValueError):
+        return None
+
+
+def fallback_colour(history, live, now, seconds):
+    """The colour that may stand behind LIVE as its backup server at NOW
+    (seconds since the epoch), or "": only the release a deploy just left,
+    only while the deploy that left it is the newest record and its colour is
+    LIVE, and only for SECONDS after that deploy's switch (``switched_at``, else
+    its ``time``). Never after a rollback (the colour behind it is the release
+    rolled back from), a switch back (no record: the newest one is older), or a
+    deploy whose colour is not live."""
+    if not history or not live or seconds <= 0:
+        return ""
+    last = history[-1]
+    previous = last.get("previous_colour") or ""
+    if last.get("action") != "deploy" or last.get("colour") != live or not previous or previous == live:
+        return ""
+    at = _stamp_seconds(last.get("switched_at") or last.get("time"))
+    if at is None or now >= at + float(seconds):
+        return ""
+    return previous

@@ -191,6 +191,11 @@ switch_ms:
   returned: when state=active
   type: float
   sample: 0.41
+switched_at:
+  description: When the switch command line was sent (UTC, C(YYYY-MM-DDTHH:MM:SSZ)); the release history keeps it.
+  returned: when state=active and something changed
+  type: str
+  sample: "2026-12-05T14:02:11Z"
 drain_ms:
   description: Time spent waiting for drained sessions, in milliseconds.
   returned: when state=active or state=drained
@@ -221,6 +226,7 @@ elapsed_ms:
   type: float
 """
 
+import datetime as dt
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -233,6 +239,7 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     live_servers,
     wait_drained,
 )
+from ansible_collections.onebox.platform.plugins.module_utils.release_log import utc_stamp
 
 PUBLIC_FIELDS = ("admin_state", "op_state", "status", "check_status", "sessions", "weight", "address")
 
@@ -361,6 +368,8 @@ def main():
             servers={n: {"before": public(out["before"][n]), "after": public(out["after"][n])} for n in out["after"]},
             commands=out["commands"],
             switch_ms=out["switch_ms"],
+            # When the switch line went (before the wait for drained sessions).
+            switched_at=utc_stamp(dt.datetime.fromtimestamp(time.time() - out["drain_ms"] / 1000.0, dt.timezone.utc)),
             drain_ms=out["drain_ms"],
             drained_sessions=out["drained_sessions"],
             drain_timed_out=out["drain_timed_out"],

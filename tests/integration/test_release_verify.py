@@ -102,13 +102,18 @@ def test_a_release_answering_500_is_switched_back_from_the_module(haproxy, backe
     warm_up(haproxy)
     go_live(haproxy, "green")
     with Traffic(haproxy) as traffic:
-        rc, res = window(haproxy, seconds=10)
+        rc, res = window(haproxy, seconds=20)
         time.sleep(0.5)
     assert rc != 0
     assert res["verdict"] == "switched-back" and res["switched_back"] is True
     # Judged against the previous release's traffic (no 5xx).
     assert "5xx" in res["reason"] and "over the previous release's 0.0 % + 1 %" in res["reason"], res["reason"]
-    assert res["judged_after_s"] < 5, res
+    # While the window ran, not at its end, on the evidence of some tens of
+    # requests: a busy machine (CI runs scenarios beside this) slows the
+    # traffic, so the verdict is counted in requests, not seconds (it took
+    # over 5 s once there).
+    assert res["judged_after_s"] < 19, res
+    assert res["figures"]["requests"] <= 200, res["figures"]
     assert admin_states(haproxy)["blue"][0] == "ready"
     assert admin_states(haproxy)["green"][0] == "drain"
     after = [e for e in traffic.events if e[0] > res["switched_back_at"] + 0.05]

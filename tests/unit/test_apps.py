@@ -74,6 +74,8 @@ def test_derived_ports_do_not_move_when_an_app_is_added():
         ([worker("jobs", worker_order="whenever")], "worker_order 'whenever' is unknown"),
         ([worker("jobs", database="jobs-db")], "database 'jobs-db' must be letters, digits and _"),
         ([dict(name="api", domains=["a.example.com"], health_path="/h")], "image is required"),
+        ([web("api", "a.example.com", fallback_seconds=-1)], "fallback_seconds must be 0 (no backup server) or more"),
+        ([web("api", "a.example.com", fallback_seconds="soon")], "fallback_seconds must be a number"),
     ],
 )
 def test_bad_models_are_refused_with_one_line_each(apps, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from ansible_collections.onebox.platform.plugins.module_utils import releases
 from ansible_collections.onebox.platform.plugins.module_utils.releases import ReleaseError, choose, rollback_target
 
 
@@ -84,3 +85,58 @@ def test_a_rollback_pulls_the_digest_its_version_was_deployed_from():
     assert choose("rollback", "v3", history, "v4", standby)["pinned"] == ""
     # A deploy names its tag; nothing is pinned.
     assert choose("deploy", "v2", history, "v4", standby)["pinned"] == ""
+
+
+def _stamp(seconds_ago, now=1_800_000_000):
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - seconds_ago))
+
+
+NOW = 1_800_000_000
+DEPLOY_V2 = {"action": "deploy", "version": "v2", "colour": "green", "previous_colour": "blue"}
+
+
+@pytest.mark.parametrize(
+    "last, live, seconds, expected",
+    [
+        # Within its time after the deploy's switch: the release it left.
+        (dict(DEPLOY_V2, switched_at=_stamp(10)), "green", 300, "blue"),
+        # Past it, or no time at all.
+        (dict(DEPLOY_V2, switched_at=_stamp(300)), "green", 300, ""),
+        (dict(DEPLOY_V2, switched_at=_stamp(1)), "green", 0, ""),
+        # No switched_at (a record from before it): the record's time.
+        (dict(DEPLOY_V2, time=_stamp(10)), "green", 300, "blue"),
+        (dict(DEPLOY_V2, time="garbage"), "green", 300, ""),
+        # The deploy's colour is not live (switched back, maintenance).
+        (dict(DEPLOY_V2, switched_at=_stamp(10)), "blue", 300, ""),
+        (dict(DEPLOY_V2, switched_at=_stamp(10)), "", 300, ""),
+        # A rollback: the colour behind it would be the release rolled back from.
+        (
+            {"action": "rollback", "version": "v1", "colour": "blue", "previous_colour": "green", "time": _stamp(1)},
+            "blue",
+            300,
+            "",
+        ),
+        # A first deploy has nothing behind it.
+        (
+            {"action": "deploy", "version": "v1", "colour": "blue", "previous_colour": "", "time": _stamp(1)},
+            "blue",
+            300,
+            "",
+        ),
+        (
+            {"action": "deploy", "version": "v1", "colour": "blue", "previous_colour": "blue", "time": _stamp(1)},
+            "blue",
+            300,
+            "",
+        ),
+    ],
+)
+def test_fallback_colour(last, live, seconds, expected):
+    history = [{"action": "deploy", "version": "v1", "colour": "blue", "time": _stamp(3600)}, last]
+    assert releases.fallback_colour(history, live, NOW, seconds) == expected
+
+
+def test_no_history_no_fallback():
+    assert releases.fallback_colour([], "green", NOW, 300) == ""

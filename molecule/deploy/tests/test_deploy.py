@@ -111,6 +111,11 @@ def test_deploy_v2_under_load_drops_nothing(base_url, target):
     assert load.total > 500
     assert set(load.versions) == {"v1", "v2"}
     assert only_version(base_url) == {"v2"}
+    # After a deploy, the release it left stands behind it for a while,
+    # and the history says since when.
+    live = releases(target)[-1]
+    assert ready_twins(target) == [f"{live['previous_colour']}_fallback"], servers_state(target)
+    assert live["switched_at"].endswith("Z")
 
 
 def test_broken_v3_never_gets_traffic(base_url):
@@ -151,6 +156,7 @@ def test_rollback_redeploys_the_previous_release(base_url, target):
     assert "from v2 to v1: starting it on" in out
     assert load.failed == 0, load.errors[:5]
     assert only_version(base_url) == {"v1"}
+    assert ready_twins(target) == [], servers_state(target)
 
 
 def test_rolling_back_twice_does_not_roll_forward(base_url):
@@ -173,6 +179,11 @@ def test_rollback_to_the_standby_colour_is_one_switch(base_url, target):
     assert only_version(base_url) == {"v2"}
     assert last["action"] == "rollback" and last["version"] == "v2"
     assert float(last["switch_ms"]) < 1000
+    # Nothing stands behind a rollback: the backup server would be v1, the
+    # release just rolled back from (issue 24). The timer that takes out
+    # backup servers past their time runs.
+    assert ready_twins(target) == [], servers_state(target)
+    assert target.service("onebox-fallback.timer").is_running
 
 
 def test_rollback_to_an_unknown_version_changes_nothing(base_url):
@@ -565,6 +576,13 @@ def test_an_haproxy_reload_waits_for_a_deploy_in_progress(base_url, target):
     assert target.run("test -d /var/lib/onebox/demo/deploy.lock").rc != 0, "the reload did not release the lock"
     assert load.failed == 0, load.errors[:5]
     assert only_version(base_url) == {"v1"}
+
+
+def ready_twins(target, backend="app_demo"):
+    """The backup servers (<colour>_fallback) HAProxy may send traffic to."""
+    return sorted(
+        n for n, (_op, admin) in servers_state(target, backend).items() if n.endswith("_fallback") and is_ready(admin)
+    )
 
 
 def servers_state(target, backend="app_demo"):

@@ -3,6 +3,7 @@
     sudo onebox status [APP]
     sudo onebox rollback APP [--to VERSION]
     sudo onebox maintenance APP on|off
+    sudo onebox fallbacks [APP]
     sudo onebox metrics [--textfile-dir DIR]
 
 The same engine as the playbooks (the collection's module_utils, installed
@@ -191,6 +192,9 @@ def cmd_status(cfg, args):
             else:
                 where = f"worker ({app.settings.get('worker_order', 'start-first')})"
             print(f"  {colour:5} {c['version'] or '-':12} container {run:8} {where}")
+        twins = [n for n in haproxy.live_servers(st["servers"]) if n.endswith(haproxy.FALLBACK_SUFFIX)]
+        if twins:
+            print(f"  backup server: {', '.join(twins)} (takes the traffic if the live colour fails)")
         holder = deploy_lock.read_holder(app.paths["lock"])
         if holder:
             print(f"  locked: {deploy_lock.describe(holder)}")
@@ -256,10 +260,9 @@ def cmd_rollback(cfg, args):
                 "Nothing was changed."
             )
         t0 = time.monotonic()
-        active = [idle]
-        if haproxy.fallback_name(st["live"]) in st["servers"]:
-            active.append(haproxy.fallback_name(st["live"]))
-        result = app.switch(active)
+        # No backup server behind the release rolled back to: the one
+        # behind it would be the release rolled back from.
+        result = app.switch([idle])
         return record_rollback(app, st, target, result["switch_ms"], time.monotonic() - t0, idle)
     finally:
         app.unlock(holder)
@@ -363,6 +366,47 @@ def cmd_maintenance(cfg, args):
         app.unlock(holder)
 
 
+def fallback_check(app, now):
+    """(live colour, ready backup twins, the twin that may stay) of a web app."""
+    servers = haproxy.describe_servers(app.client, app.paths["backend"])
+    ready = haproxy.live_servers(servers)
+    live = [n for n in ready if n in apps.COLOURS]
+    twins = [n for n in ready if n.endswith(haproxy.FALLBACK_SUFFIX)]
+    history = release_log.read_releases(app.paths["releases"], warn)
+    seconds = float(app.settings.get("fallback_seconds", apps.DEFAULTS["fallback_seconds"]))
+    allowed = releases.fallback_colour(history, live[0] if len(live) == 1 else "", now, seconds)
+    return live, twins, haproxy.fallback_name(allowed) if allowed else ""
+
+
+def cmd_fallbacks(cfg, args):
+    """Take out every backup twin that may no longer stand behind the live
+    colour (releases.fallback_colour: only the release a deploy just left,
+    for the app's fallback_seconds after its switch). Run every 15 s by
+    onebox-fallback.timer. An app whose deploy lock is held is left to the
+    run that holds it. It does not take the lock itself (a deploy started
+    in that instant would be refused): it only ever takes a backup server
+    out, so a deploy that arms one in between loses at worst that one."""
+    rc = 0
+    for name in [args.app] if args.app else known_apps():
+        app = App(name, cfg)
+        if app.kind != "web" or deploy_lock.read_holder(app.paths["lock"]):
+            continue
+        try:
+            live, twins, allowed = fallback_check(app, time.time())
+            out = [t for t in twins if t != allowed]
+            if not out or deploy_lock.read_holder(app.paths["lock"]):
+                continue
+            app.client.set_commands([f"set server {app.paths['backend']}/{t} state drain" for t in out])
+            app.client.save_state(cfg["haproxy_state_file"])
+        except haproxy.HAProxyError as exc:
+            warn(f"{name}: {exc}")
+            rc = 1
+            continue
+        app.audit("fallback-off", f"servers={','.join(out)} live={','.join(live) or '-'}")
+        print(f"{name}: {', '.join(out)} no longer stands behind {', '.join(live) or 'no live colour'}")
+    return rc
+
+
 def write_textfile(directory, name, text):
     path = os.path.join(directory, name)
     tmp = f"{path}.tmp"
@@ -438,6 +482,10 @@ def main(argv=None):
     p = sub.add_parser("maintenance", help="show the maintenance page, or bring the release back")
     p.add_argument("app")
     p.add_argument("mode", choices=["on", "off"])
+    p = sub.add_parser(
+        "fallbacks", help="take out backup servers past their time (onebox-fallback.timer runs it every 15 s)"
+    )
+    p.add_argument("app", nargs="?")
     p = sub.add_parser("metrics", help="app, container and fail2ban metrics for node_exporter's textfile collector")
     p.add_argument("--textfile-dir", default="/var/lib/prometheus/node-exporter")
     args = parser.parse_args(argv)
@@ -452,6 +500,7 @@ def main(argv=None):
             "status": cmd_status,
             "rollback": cmd_rollback,
             "maintenance": cmd_maintenance,
+            "fallbacks": cmd_fallbacks,
             "metrics": cmd_metrics,
         }
         return commands[args.command](cfg, args)
