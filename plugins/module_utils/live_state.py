@@ -71,6 +71,41 @@ def resolve(order, active, colours, read_maintenance):
     )
 
 
+# What `onebox status` exits with, by the worst app: what a script or a
+# monitoring check can act on.
+HEALTH_CODES = {"healthy": 0, "degraded": 1, "down": 2}
+
+
+def health(kind, state, servers=None):
+    """(healthy | degraded | down, reasons) of one app. KIND: web or worker;
+    STATE: resolve()'s result with its colours; SERVERS: describe_servers of
+    a web app's backend (name -> admin_state, op_state). Down: nothing serves
+    (no live colour and no maintenance page, or the live colour's container
+    or HAProxy server is down with no backup server up). Degraded: it serves,
+    but not as deployed (the maintenance page, a backup server carrying the
+    traffic, a live container that is unhealthy)."""
+    live = state.get("live")
+    if not live:
+        if kind == "web" and state.get("maintenance"):
+            return "degraded", ["in maintenance: the maintenance page shows"]
+        return "down", ["no colour is live"]
+    unhealthy = state["colours"][live].get("health") == "unhealthy"
+    why = [f"{live}'s container is unhealthy (its Docker health check)"] if unhealthy else []
+    if kind != "web":
+        return ("degraded" if why else "healthy"), why
+    servers = servers or {}
+    if (servers.get(live) or {}).get("op_state") != "down":
+        return ("degraded" if why else "healthy"), why
+    twins = [
+        n
+        for n, s in servers.items()
+        if n.endswith("_fallback") and s.get("admin_state") == "ready" and s.get("op_state") != "down"
+    ]
+    if twins:
+        return "degraded", [*why, f"HAProxy has {live} down: the backup server {', '.join(twins)} takes the traffic"]
+    return "down", [*why, f"HAProxy has {live} down (its health checks fail) and no backup server is up"]
+
+
 def metrics(apps):
     """Prometheus text (node_exporter's textfile collector) of APPS, a list
     of (name, kind, colours): onebox_app_up is 1 while a container of the

@@ -3,7 +3,9 @@ real HAProxy, the on-server onebox program and Docker containers naming
 each colour's version: after a rollback the release rolled back from never
 takes the traffic, and `onebox fallbacks` (onebox-fallback.timer) takes a
 backup server out when its time after the deploy is up, or when it stands
-behind a release it must not."""
+behind a release it must not. And what a script reads of a web app (item
+2): `onebox status --json` and its exit code as HAProxy sees the app
+(healthy, degraded on its backup server, down), `onebox logs`."""
 
 from __future__ import annotations
 
@@ -37,7 +39,10 @@ def web(tmp_path):
     proxy = HAProxy(str(tmp_path), blue, green, backend=backend, twins=True)
     client = RuntimeClient(proxy.socket)
     for colour, version in (("blue", "v1"), ("green", "v2")):
-        docker("run", "-d", "--name", f"{name}-{colour}", "--label", f"onebox_version={version}", IMAGE, "sleep", "600")
+        docker(
+            "run", "-d", "--name", f"{name}-{colour}", "--label", f"onebox_version={version}",
+            IMAGE, "sh", "-c", f"echo {colour} serves {version}; exec sleep 600",
+        )  # fmt: skip
     state, etc = tmp_path / "state" / name, tmp_path / "etc" / name
     state.mkdir(parents=True)
     etc.mkdir(parents=True)
@@ -184,3 +189,50 @@ def test_a_held_lock_leaves_the_backup_server_to_the_run_that_holds_it(tmp_path,
         deploy_lock.release(str(lock), holder["token"])
     rc, out, err = onebox(tmp_path, "fallbacks", web["name"])
     assert rc == 0 and ready(web) == ["green"], (out, err)
+
+
+def status(tmp_path, app):
+    rc, out, err = onebox(tmp_path, "status", app["name"], "--json")
+    return rc, json.loads(out), err
+
+
+def test_status_exit_codes_follow_what_haproxy_serves(tmp_path, web):
+    deployed(web, 5)
+    rc, got, err = status(tmp_path, web)
+    assert rc == 0 and got["health"] == "healthy" and got["ok"] is True, (got, err)
+    (app,) = got["apps"]
+    assert (app["live"], app["version"], app["backup_servers"]) == ("green", "v2", ["blue_fallback"]), app
+    assert app["colours"]["green"]["haproxy"]["op_state"] == "up", app
+    # The live release fails its checks: the backup server (v1) serves. Degraded.
+    web["green"].stop()
+    wait_for(lambda: describe_servers(web["client"], web["backend"])["green"]["op_state"] == "down", timeout=15)
+    rc, got, _err = status(tmp_path, web)
+    assert rc == 1 and got["health"] == "degraded", got
+    assert "backup server blue_fallback takes the traffic" in got["apps"][0]["reasons"][0], got
+    rc, out, _err = onebox(tmp_path, "status", web["name"])
+    assert rc == 1 and "[DEGRADED: HAProxy has green down" in out, out
+    # Its time is up: nothing serves. Down.
+    release_log.append_release(web["history"], {"action": "deploy", "version": "v2", "colour": "green",
+                                                "previous_colour": "blue", "switched_at": stamp(301)})  # fmt: skip
+    assert onebox(tmp_path, "fallbacks")[0] == 0
+    rc, got, _err = status(tmp_path, web)
+    assert rc == 2 and got["health"] == "down", got
+    assert set(answers(web, 5)) == {503}
+
+
+def test_a_refusal_exits_2_with_the_reason_in_the_json(tmp_path, web):
+    rc, out, err = onebox(tmp_path, "rollback", "nope", "--json")
+    got = json.loads(out)
+    assert rc == 2 and got["refused"] is True and got["exit_code"] == 2, got
+    assert "no app 'nope' on this server" in got["error"] and "no app 'nope'" in err
+
+
+def test_logs_show_the_live_colours_container(tmp_path, web):
+    deployed(web, 5)
+    rc, out, err = onebox(tmp_path, "logs", web["name"], "--tail", "5")
+    assert rc == 0 and "green serves v2" in out and "blue" not in out, (out, err)
+    rc, out, err = onebox(tmp_path, "--json", "logs", web["name"], "--colour", "blue")
+    got = json.loads(out)
+    assert rc == 0 and got["colour"] == "blue" and any("blue serves v1" in line for line in got["lines"]), got
+    rc, out, err = onebox(tmp_path, "logs", web["name"], "-f", "--json")
+    assert rc == 2 and "takes no --json" in err

@@ -126,7 +126,7 @@ def test_a_sudo_user_that_would_forge_audit_lines_changes_nothing(tmp_path, work
     before = sorted(os.listdir(state)), (state / "releases.jsonl").read_bytes()
     for args in (("rollback", name), ("maintenance", name, "on")):
         rc, _out, err = onebox(tmp_path, *args, sudo_user=sudo_user)
-        assert rc == 1
+        assert rc == 2
         assert err.startswith("onebox: SUDO_USER is not a plain name:") and code in err
         assert err.rstrip().endswith("Nothing was changed.")
         assert (sorted(os.listdir(state)), (state / "releases.jsonl").read_bytes()) == before  # no lock, no audit
@@ -141,7 +141,7 @@ def test_a_standby_started_with_older_credentials_is_not_switched_to(tmp_path, w
     (tmp_path / "etc" / name / "app.env").write_text("# site.yml\nDATABASE_URL=postgres://cli:new@postgres:5432/cli\n")
     before = (state / "releases.jsonl").read_bytes()
     rc, out, err = onebox(tmp_path, "rollback", name)
-    assert rc == 1, out
+    assert rc == 2, out
     assert "runs v1 with an older environment" in err and "playbooks/rollback.yml" in err
     assert err.rstrip().endswith("Nothing was changed.")
     assert "new" not in err  # the env file's values are never printed

@@ -3,6 +3,8 @@ the app_state module and the onebox program."""
 
 from __future__ import annotations
 
+import pytest
+from ansible_collections.onebox.platform.plugins.module_utils import live_state
 from ansible_collections.onebox.platform.plugins.module_utils.live_state import (
     colour_info,
     env_file_lines,
@@ -74,3 +76,35 @@ def test_metrics_say_an_app_is_up_while_a_container_runs_healthy():
     assert 'onebox_app_up{app="mailer",kind="worker"} 0\n' in text
     assert 'onebox_app_up{app="jobs",kind="worker"} 1\n' in text
     assert text.startswith("# HELP onebox_app_up")
+
+
+def _state(live="green", maintenance="", health=""):
+    colours = {c: {"running": c == live, "health": health if c == live else ""} for c in ("blue", "green")}
+    return {"live": live, "maintenance": maintenance, "colours": colours}
+
+
+UP = {"admin_state": "ready", "op_state": "up"}
+DOWN = {"admin_state": "ready", "op_state": "down"}
+OUT = {"admin_state": "drain", "op_state": "up"}
+
+
+@pytest.mark.parametrize(
+    "kind, state, servers, expected, reason",
+    [
+        ("web", _state(), {"green": UP, "blue": OUT, "blue_fallback": UP}, "healthy", None),
+        ("web", _state(health="unhealthy"), {"green": UP}, "degraded", "unhealthy"),
+        ("web", _state(), {"green": DOWN, "blue_fallback": UP}, "degraded", "backup server blue_fallback"),
+        ("web", _state(), {"green": DOWN, "blue_fallback": dict(OUT, admin_state="drain")}, "down", "no backup server"),
+        ("web", _state(), {"green": DOWN, "blue_fallback": DOWN}, "down", "no backup server"),
+        ("web", _state(live="", maintenance="green"), {}, "degraded", "maintenance page"),
+        ("web", _state(live=""), {}, "down", "no colour is live"),
+        ("worker", _state(), {}, "healthy", None),
+        ("worker", _state(health="unhealthy"), {}, "degraded", "unhealthy"),
+        # A worker has no maintenance page: no running container is down.
+        ("worker", _state(live="", maintenance="green"), {}, "down", "no colour is live"),
+    ],
+)
+def test_health(kind, state, servers, expected, reason):
+    got, why = live_state.health(kind, state, servers)
+    assert got == expected
+    assert (reason is None and why == []) or any(reason in w for w in why), why

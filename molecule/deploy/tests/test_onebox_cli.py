@@ -5,6 +5,7 @@ the other reads."""
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 
@@ -22,6 +23,13 @@ def test_status_rollback_and_maintenance_on_the_server(base_url, target):
     status = onebox(target, "status", "demo")
     assert status.rc == 0, status.stderr
     assert f"demo: live on {live} (v2)" in status.stdout and "rollback target: v1" in status.stdout, status.stdout
+    # The same facts for a script, with its exit code (0 healthy).
+    js = onebox(target, "status", "demo", "--json")
+    assert js.rc == 0, js.stderr
+    (app,) = json.loads(js.stdout)["apps"]
+    assert (app["health"], app["live"], app["version"], app["rollback_target"]) == ("healthy", live, "v2", "v1"), app
+    logs = onebox(target, "logs", "demo", "--tail", "5", "--json")
+    assert logs.rc == 0 and json.loads(logs.stdout)["colour"] == live, logs.stdout + logs.stderr
 
     with Load(base_url) as load:
         t0 = time.monotonic()
@@ -50,7 +58,9 @@ def test_status_rollback_and_maintenance_on_the_server(base_url, target):
     except urllib.error.HTTPError as exc:
         code = exc.code
     assert code == 503
-    assert "IN MAINTENANCE" in onebox(target, "status", "demo").stdout
+    status = onebox(target, "status", "demo")
+    # Degraded, not down: the maintenance page serves.
+    assert status.rc == 1 and "IN MAINTENANCE" in status.stdout and "[DEGRADED:" in status.stdout, status.stdout
     # ... and the playbook brings it back from the program's maintenance.
     rc, out, _s = play("maintenance.yml", "-e", "maintenance=off")
     assert rc == 0, out[-3000:]
@@ -66,7 +76,7 @@ def test_the_program_respects_the_deploy_lock(target):
     try:
         before = target.check_output("wc -l < /var/lib/onebox/demo/releases.jsonl")
         res = onebox(target, "rollback", "demo")
-        assert res.rc == 1 and "held by alice" in res.stderr and "Nothing was changed" in res.stderr, res.stderr
+        assert res.rc == 2 and "held by alice" in res.stderr and "Nothing was changed" in res.stderr, res.stderr
         assert target.check_output("wc -l < /var/lib/onebox/demo/releases.jsonl") == before
     finally:
         target.check_output("rm -rf /var/lib/onebox/demo/deploy.lock")
@@ -74,7 +84,7 @@ def test_the_program_respects_the_deploy_lock(target):
 
 def test_unknown_app_and_slow_path_are_refused_clearly(target):
     res = onebox(target, "rollback", "nope")
-    assert res.rc == 1 and "no app 'nope' on this server (apps: demo)" in res.stderr
+    assert res.rc == 2 and "no app 'nope' on this server (apps: demo)" in res.stderr
     # The standby colour runs v2 now (left by the rollback), so going "to v0" needs the playbook.
     res = onebox(target, "rollback", "demo", "--to", "v0")
-    assert res.rc == 1 and "Run playbooks/rollback.yml -e rollback_to=v0" in res.stderr, res.stderr
+    assert res.rc == 2 and "Run playbooks/rollback.yml -e rollback_to=v0" in res.stderr, res.stderr

@@ -320,7 +320,7 @@ def test_bad_requests_are_refused_before_anything_changes(target):
     rc, out = play("maintenance.yml", "-e", "app=mailer", "-e", "maintenance=on")
     assert rc != 0 and "mailer is a worker" in out
     rc = target.run("onebox maintenance mailer on")
-    assert rc.rc == 1 and "mailer is a worker" in rc.stderr
+    assert rc.rc == 2 and "mailer is a worker" in rc.stderr
     # A model with two mistakes: each named, and site.yml stops before bootstrap.
     bad = [
         {"name": "shop", "image": "local/demo", "domains": ["shop.example.com"], "health_path": "/health"},

@@ -1,10 +1,14 @@
 """onebox: the incident path on the server, for when all you have is SSH.
 
-    sudo onebox status [APP]
+    sudo onebox status [APP]                  exit 0 healthy, 1 degraded, 2 down
     sudo onebox rollback APP [--to VERSION]
     sudo onebox maintenance APP on|off
+    sudo onebox logs APP [-f] [--tail N] [--colour C]
     sudo onebox fallbacks [APP]
     sudo onebox metrics [--textfile-dir DIR]
+
+Every command takes --json (one JSON object on stdout); a refusal or an
+error exits 2 and says why on stderr (and in the JSON).
 
 The same engine as the playbooks (the collection's module_utils, installed
 beside this file): the same deploy lock, release history, audit log, HAProxy
@@ -72,6 +76,26 @@ def actor():
 def warn(message):
     """A warning that does not stop the command (a torn history line)."""
     print(f"onebox: warning: {message}", file=sys.stderr)
+
+
+class Report:
+    """What a command says: lines for people, or (--json) one JSON object on
+    stdout at the end, built from the same facts."""
+
+    as_json = False
+    data = {}
+
+    @classmethod
+    def say(cls, text):
+        if not cls.as_json:
+            print(text)
+
+    @classmethod
+    def add(cls, **facts):
+        cls.data.update(facts)
+
+
+say = Report.say
 
 
 def known_apps():
@@ -168,48 +192,78 @@ class App:
 
 
 def cmd_status(cfg, args):
+    """Each app's state; exits with the worst app's health (0 healthy, 1
+    degraded, 2 down: live_state.health)."""
     names = [args.app] if args.app else known_apps()
     if not names:
-        print("No app has been deployed on this server yet.")
-        return 0
-    for name in names:
-        app = App(name, cfg)
-        st = app.state()
-        where = (
-            f"live on {st['live']} ({st['current_version']})"
-            if st["live"]
-            else f"IN MAINTENANCE (maintenance off brings back {st['maintenance']}, {st['current_version']})"
-            if st["maintenance"]
-            else "DOWN: no colour is live"
+        say("No app has been deployed on this server yet.")
+    rows = [app_status(App(name, cfg), args.last) for name in names]
+    worst = max((live_state.HEALTH_CODES[r["health"]] for r in rows), default=0)
+    Report.add(apps=rows, health=next(h for h, c in live_state.HEALTH_CODES.items() if c == worst))
+    return worst
+
+
+def app_status(app, last):
+    """One app's status, said and returned as a dict (the JSON of status)."""
+    st = app.state()
+    state, why = live_state.health(app.kind, st, st["servers"])
+    where = (
+        f"live on {st['live']} ({st['current_version']})"
+        if st["live"]
+        else f"IN MAINTENANCE (maintenance off brings back {st['maintenance']}, {st['current_version']})"
+        if st["maintenance"]
+        else "DOWN: no colour is live"
+    )
+    say(f"{app.name}: {where}" + ("" if state == "healthy" else f" [{state.upper()}: {'; '.join(why)}]"))
+    colours = {}
+    for colour, c in st["colours"].items():
+        srv = st["servers"].get(colour, {})
+        run = "running" if c["running"] else ("stopped" if c["exists"] else "absent")
+        if app.kind == "web":
+            where = f"haproxy {srv.get('admin_state', '?')}/{srv.get('op_state', '?')}"
+            where += f" sessions {srv.get('sessions', 0)}"
+        else:
+            where = f"worker ({app.settings.get('worker_order', 'start-first')})"
+        say(f"  {colour:5} {c['version'] or '-':12} container {run:8} {where}")
+        colours[colour] = dict(
+            version=c["version"],
+            container=run,
+            health=c["health"],
+            haproxy={k: srv[k] for k in ("admin_state", "op_state", "sessions") if k in srv} or None,
         )
-        print(f"{name}: {where}")
-        for colour, c in st["colours"].items():
-            srv = st["servers"].get(colour, {})
-            run = "running" if c["running"] else ("stopped" if c["exists"] else "absent")
-            if app.kind == "web":
-                where = f"haproxy {srv.get('admin_state', '?')}/{srv.get('op_state', '?')}"
-                where += f" sessions {srv.get('sessions', 0)}"
-            else:
-                where = f"worker ({app.settings.get('worker_order', 'start-first')})"
-            print(f"  {colour:5} {c['version'] or '-':12} container {run:8} {where}")
-        twins = [n for n in haproxy.live_servers(st["servers"]) if n.endswith(haproxy.FALLBACK_SUFFIX)]
-        if twins:
-            print(f"  backup server: {', '.join(twins)} (takes the traffic if the live colour fails)")
-        holder = deploy_lock.read_holder(app.paths["lock"])
-        if holder:
-            print(f"  locked: {deploy_lock.describe(holder)}")
-        target = releases.rollback_target(st["history"], st["current_version"])
-        print(f"  rollback target: {target or 'none'}")
-        for rel in st["history"][-args.last :]:
-            print(
-                f"  {rel.get('time', '?'):20} {rel.get('action', '?'):8} {rel.get('version', '?'):12} "
-                f"{rel.get('colour', ''):5}  by {rel.get('by', '?')}{window_text(rel.get('verification'))}"
-            )
-        # Releases the verification switched back never reach the history.
-        backs = [line for line in release_log.read_audit(app.paths["audit_log"], 200) if " switch-back " in line]
-        if backs:
-            print(f"  last switched back: {backs[-1]}")
-    return 0
+    twins = [n for n in haproxy.live_servers(st["servers"]) if n.endswith(haproxy.FALLBACK_SUFFIX)]
+    if twins:
+        say(f"  backup server: {', '.join(twins)} (takes the traffic if the live colour fails)")
+    holder = deploy_lock.read_holder(app.paths["lock"])
+    if holder:
+        say(f"  locked: {deploy_lock.describe(holder)}")
+    target = releases.rollback_target(st["history"], st["current_version"])
+    say(f"  rollback target: {target or 'none'}")
+    shown = st["history"][-last:] if last > 0 else []
+    for rel in shown:
+        say(
+            f"  {rel.get('time', '?'):20} {rel.get('action', '?'):8} {rel.get('version', '?'):12} "
+            f"{rel.get('colour', ''):5}  by {rel.get('by', '?')}{window_text(rel.get('verification'))}"
+        )
+    # Releases the verification switched back never reach the history.
+    backs = [line for line in release_log.read_audit(app.paths["audit_log"], 200) if " switch-back " in line]
+    if backs:
+        say(f"  last switched back: {backs[-1]}")
+    return dict(
+        app=app.name,
+        kind=app.kind,
+        health=state,
+        reasons=why,
+        live=st["live"] or None,
+        maintenance=st["maintenance"] or None,
+        version=st["current_version"] or None,
+        colours=colours,
+        backup_servers=twins,
+        locked=deploy_lock.describe(holder) if holder else None,
+        rollback_target=target or None,
+        releases=shown,
+        last_switch_back=backs[-1] if backs else None,
+    )
 
 
 def window_text(verification):
@@ -293,9 +347,19 @@ def record_rollback(app, st, target, switch_ms, seconds, how):
         warn,
     )
     app.audit("rollback-ok", f"from={st['current_version']} to={target} colour={idle} switch_ms={switch_ms} via=onebox")
-    print(
+    say(
         f"{app.name}: rolled back from {st['current_version']} to {target} ({how}) in {round(seconds, 3):g} s; "
         f"recorded at {release['time']}."
+    )
+    Report.add(
+        app=app.name,
+        action="rollback",
+        previous_version=st["current_version"],
+        version=target,
+        colour=idle,
+        switch_ms=switch_ms,
+        seconds=round(seconds, 3),
+        recorded_at=release["time"],
     )
     return 0
 
@@ -343,24 +407,28 @@ def cmd_maintenance(cfg, args):
         st = app.state()
         if args.mode == "on":
             if st["maintenance"]:
-                print(f"{app.name} is already in maintenance; nothing was changed.")
+                say(f"{app.name} is already in maintenance; nothing was changed.")
+                Report.add(app=app.name, maintenance=True, changed=False)
                 return 0
             if st["live"]:
                 release_log.write_maintenance(app.maintenance_file, st["live"])
             app.switch([], inactive_state="maint", allow_empty=True)
             app.audit("maintenance-on", "via=onebox")
-            print(
+            say(
                 f"{app.name}: in maintenance (the maintenance page shows); "
                 f"'onebox maintenance {app.name} off' brings back {st['live'] or 'nothing'}."
             )
+            Report.add(app=app.name, maintenance=True, changed=True, brings_back=st["live"] or None)
             return 0
         if not st["maintenance"]:
-            print(f"{app.name} is not in maintenance ({st['live'] or 'no colour'} is live); nothing was changed.")
+            say(f"{app.name} is not in maintenance ({st['live'] or 'no colour'} is live); nothing was changed.")
+            Report.add(app=app.name, maintenance=False, changed=False)
             return 0
         app.switch([st["maintenance"]])
         release_log.clear_maintenance(app.maintenance_file)
         app.audit("maintenance-off", "via=onebox")
-        print(f"{app.name}: back on {st['maintenance']} ({st['current_version']}).")
+        say(f"{app.name}: back on {st['maintenance']} ({st['current_version']}).")
+        Report.add(app=app.name, maintenance=False, changed=True, live=st["maintenance"], version=st["current_version"])
         return 0
     finally:
         app.unlock(holder)
@@ -386,7 +454,7 @@ def cmd_fallbacks(cfg, args):
     run that holds it. It does not take the lock itself (a deploy started
     in that instant would be refused): it only ever takes a backup server
     out, so a deploy that arms one in between loses at worst that one."""
-    rc = 0
+    rc, taken = 0, {}
     for name in [args.app] if args.app else known_apps():
         app = App(name, cfg)
         if app.kind != "web" or deploy_lock.read_holder(app.paths["lock"]):
@@ -403,7 +471,9 @@ def cmd_fallbacks(cfg, args):
             rc = 1
             continue
         app.audit("fallback-off", f"servers={','.join(out)} live={','.join(live) or '-'}")
-        print(f"{name}: {', '.join(out)} no longer stands behind {', '.join(live) or 'no live colour'}")
+        say(f"{name}: {', '.join(out)} no longer stands behind {', '.join(live) or 'no live colour'}")
+        taken[name] = out
+    Report.add(taken_out=taken)
     return rc
 
 
@@ -457,6 +527,7 @@ def cmd_metrics(cfg, args):
     onebox_app_up of every app, the state of every container, fail2ban's
     bans. Nothing when that directory does not exist (no monitoring)."""
     if not os.path.isdir(args.textfile_dir):
+        Report.add(written=[], note=f"{args.textfile_dir} does not exist (no monitoring)")
         return 0
     rows = []
     for name in known_apps():
@@ -465,51 +536,113 @@ def cmd_metrics(cfg, args):
     write_textfile(args.textfile_dir, "onebox_apps.prom", live_state.metrics(rows))
     write_textfile(args.textfile_dir, "onebox_containers.prom", live_state.container_metrics(all_containers()))
     write_textfile(args.textfile_dir, "onebox_fail2ban.prom", live_state.fail2ban_metrics(fail2ban_status()))
+    Report.add(written=[f"{args.textfile_dir}/onebox_{n}.prom" for n in ("apps", "containers", "fail2ban")])
     return 0
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="onebox", description="The incident path on the server (same engine, lock and history as the playbooks)."
+def cmd_logs(cfg, args):
+    """The live colour's container logs (docker logs), or --colour's."""
+    app = App(args.app, cfg)
+    st = app.state()
+    colour = args.colour or st["current"]
+    if not colour:
+        raise Refused(f"{app.name} has no live colour: name one with --colour blue|green")
+    container = st["colours"][colour]["container"]
+    if not st["colours"][colour]["exists"]:
+        raise Refused(f"{app.name}'s {colour} container {container} does not exist")
+    argv = ["docker", "logs", "--tail", str(args.tail), "--timestamps"] + (["--follow"] if args.follow else [])
+    if Report.as_json:
+        if args.follow:
+            raise Refused("--follow streams the logs: it takes no --json (leave one out)")
+        proc = subprocess.run([*argv, container], capture_output=True, text=True, check=False)
+        Report.add(app=app.name, colour=colour, container=container, lines=(proc.stdout + proc.stderr).splitlines())
+        return 0 if proc.returncode == 0 else 2
+    sys.stdout.flush()
+    try:
+        return 0 if subprocess.run([*argv, container], check=False).returncode == 0 else 2
+    except KeyboardInterrupt:
+        return 0
+
+
+# Exit codes a script can use: 0 healthy or done, 1 degraded (status), 2
+# down, refused or failed.
+REFUSED = 2
+
+
+def parser():
+    # --json before or after the command (SUPPRESS: a subcommand's default
+    # does not undo the top level's).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="one JSON object on stdout")
+    top = argparse.ArgumentParser(
+        prog="onebox",
+        description="The incident path on the server (same engine, lock and history as the playbooks).",
+        epilog="Exit codes: 0 healthy or done, 1 degraded (status), 2 down, refused or failed.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("status", help="live colour, versions, lock and the last releases of each app")
+    top.add_argument("--json", action="store_true", help="one JSON object on stdout instead of text")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", parents=[common], help="live colour, versions, lock and the last releases of each app")
     p.add_argument("app", nargs="?")
     p.add_argument("--last", type=int, default=5)
-    p = sub.add_parser("rollback", help="switch back to the standby colour's release (one switch)")
+    p = sub.add_parser("rollback", parents=[common], help="switch back to the standby colour's release (one switch)")
     p.add_argument("app")
     p.add_argument("--to", help="the version to go back to (default: the previous good release)")
-    p = sub.add_parser("maintenance", help="show the maintenance page, or bring the release back")
+    p = sub.add_parser("maintenance", parents=[common], help="show the maintenance page, or bring the release back")
     p.add_argument("app")
     p.add_argument("mode", choices=["on", "off"])
+    p = sub.add_parser("logs", parents=[common], help="the live colour's container logs")
+    p.add_argument("app")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--tail", type=int, default=100, help="lines from the end (default 100)")
+    p.add_argument("--colour", choices=list(apps.COLOURS), help="another colour's logs (the standby)")
     p = sub.add_parser(
-        "fallbacks", help="take out backup servers past their time (onebox-fallback.timer runs it every 15 s)"
+        "fallbacks",
+        parents=[common],
+        help="take out backup servers past their time (onebox-fallback.timer runs it every 15 s)",
     )
     p.add_argument("app", nargs="?")
-    p = sub.add_parser("metrics", help="app, container and fail2ban metrics for node_exporter's textfile collector")
+    p = sub.add_parser(
+        "metrics", parents=[common], help="app, container and fail2ban metrics for node_exporter's textfile collector"
+    )
     p.add_argument("--textfile-dir", default="/var/lib/prometheus/node-exporter")
-    args = parser.parse_args(argv)
+    return top
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "rollback": cmd_rollback,
+    "maintenance": cmd_maintenance,
+    "logs": cmd_logs,
+    "fallbacks": cmd_fallbacks,
+    "metrics": cmd_metrics,
+}
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    Report.as_json, Report.data = bool(args.json), {}
     if os.geteuid() != 0:
-        print("onebox: run it as root (sudo onebox ...).", file=sys.stderr)
-        return 2
+        return fail("run it as root (sudo onebox ...).")
     try:
         if args.command in ("rollback", "maintenance"):
             actor()  # these write the audit log: a forged name stops them before the lock
-        cfg = settings()
-        commands = {
-            "status": cmd_status,
-            "rollback": cmd_rollback,
-            "maintenance": cmd_maintenance,
-            "fallbacks": cmd_fallbacks,
-            "metrics": cmd_metrics,
-        }
-        return commands[args.command](cfg, args)
+        rc = COMMANDS[args.command](settings(), args)
     except Refused as exc:
-        print(f"onebox: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), refused=True)
     except (haproxy.HAProxyError, release_log.ReleaseLogError, OSError) as exc:
-        print(f"onebox: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
+    if Report.as_json:
+        print(json.dumps(dict(Report.data, ok=rc == 0, exit_code=rc), sort_keys=True))
+    return rc
+
+
+def fail(message, refused=False):
+    """Say why on stderr (and, with --json, in the object on stdout); exit 2."""
+    print(f"onebox: {message}", file=sys.stderr)
+    if Report.as_json:
+        facts = dict(Report.data, ok=False, exit_code=REFUSED, error=message, refused=refused)
+        print(json.dumps(facts, sort_keys=True))
+    return REFUSED
 
 
 if __name__ == "__main__":
