@@ -88,9 +88,10 @@ options:
     default: web
 notes:
   - Needs the C(docker) command on the target.
+extends_documentation_fragment:
+  - onebox.platform.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: full
   diff_mode:
     description: Changes nothing, so there is never a diff.

@@ -94,13 +94,8 @@ options:
     type: str
 notes:
   - Check mode reports whether the lock is free and changes nothing.
-attributes:
-  check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
-  diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
-    support: none
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_only
 """
 
 EXAMPLES = r"""

@@ -105,13 +105,8 @@ notes:
   - Supports diff mode; the diff lists each server's admin state and weight.
   - Unlike M(community.general.haproxy), it moves the whole set at once, guards on health,
     applies its socket timeout and keeps state across reloads.
-attributes:
-  check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
-  diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
-    support: full
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_diff
 """
 
 EXAMPLES = r"""

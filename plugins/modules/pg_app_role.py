@@ -67,13 +67,8 @@ options:
     description: The docker command.
     type: str
     default: docker
-attributes:
-  check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
-  diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
-    support: full
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_diff
 notes:
   - Check mode reads the role and database and returns what would change.
 seealso:

@@ -105,17 +105,11 @@ options:
     type: float
     default: 600
 extends_documentation_fragment:
+  - onebox.platform.attributes.check_diff
   - onebox.platform.postgres
 notes:
   - Check mode reports the name it would write and the backups it would prune.
   - Dump-based backups lose up to one interval of data; for less, use WAL archiving.
-attributes:
-  check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
-  diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
-    support: full
 seealso:
   - module: onebox.platform.pg_restore
 """

@@ -72,16 +72,10 @@ options:
     type: float
     default: 600
 extends_documentation_fragment:
+  - onebox.platform.attributes.check_only
   - onebox.platform.postgres
 notes:
   - Check mode verifies the checksum and the target and reports what would be restored.
-attributes:
-  check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
-  diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
-    support: none
 seealso:
   - module: onebox.platform.pg_backup
 """

@@ -79,13 +79,8 @@ options:
     default: 5
 notes:
   - In check mode nothing is sent; the message is returned.
-attributes:
-  check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
-    support: full
-  diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
-    support: none
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_only
 """
 
 EXAMPLES = r"""

@@ -56,6 +56,8 @@ options:
     type: str
 notes:
   - Supports check mode (reports what it would append) and diff.
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_diff
 """
 
 EXAMPLES = r"""

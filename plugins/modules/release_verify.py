@@ -154,13 +154,13 @@ options:
     default: []
 notes:
   - Check mode changes no weight and switches nothing; it runs the smoke checks (they only read) and reports.
+extends_documentation_fragment:
+  - onebox.platform.attributes
 attributes:
   check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: partial
     details: Only the smoke checks run; canary steps and the window are skipped.
   diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
     support: none
 """
 

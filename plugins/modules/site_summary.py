@@ -33,15 +33,15 @@ options:
         monitoring_alert_webhooks are set.
     type: dict
     default: {}
+extends_documentation_fragment:
+  - onebox.platform.attributes
 attributes:
   action:
     description: Runs on the controller.
     support: full
   check_mode:
-    description: Can run in check mode and return the changed status prediction without modifying the target.
     support: full
   diff_mode:
-    description: Returns details on what has changed (or would change in check mode).
     support: none
 """
 

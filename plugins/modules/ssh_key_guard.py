@@ -63,6 +63,8 @@ options:
     default: ""
 notes:
   - Supports check mode (it only reads).
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_only
 """
 
 EXAMPLES = r"""

@@ -60,6 +60,8 @@ options:
 notes:
   - Supports check mode (reports what it would stop and start) and diff (which colour runs).
   - Needs the C(docker) CLI on the server.
+extends_documentation_fragment:
+  - onebox.platform.attributes.check_diff
 """
 
 EXAMPLES = r"""
