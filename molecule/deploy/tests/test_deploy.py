@@ -118,6 +118,28 @@ def test_deploy_v2_under_load_drops_nothing(base_url, target):
     assert live["switched_at"].endswith("Z")
 
 
+def test_the_timer_takes_the_backup_server_out_when_its_time_is_up(target):
+    """onebox-fallback.service, as its timer starts it: the backup server the
+    deploy above left stays while fallback_seconds (300) runs, and goes once
+    it is up (here: the app's setting lowered to 1 s), with an audit line."""
+    twins = ready_twins(target)
+    assert len(twins) == 1, servers_state(target)
+    target.check_output("systemctl start onebox-fallback.service")
+    assert ready_twins(target) == twins
+    settings = "/etc/onebox/demo/app.json"
+    target.check_output(f"cp -p {settings} {settings}.test")
+    try:
+        target.check_output(f"""sed -i 's/"fallback_seconds": "\\?[0-9]*"\\?/"fallback_seconds": 1/' {settings}""")
+        assert '"fallback_seconds": 1' in target.check_output(f"cat {settings}")
+        time.sleep(2)
+        target.check_output("systemctl start onebox-fallback.service")
+    finally:
+        target.check_output(f"mv {settings}.test {settings}")
+    assert ready_twins(target) == [], servers_state(target)
+    audit = target.check_output("tail -n 3 /var/lib/onebox/demo/audit.log")
+    assert f"fallback-off servers={twins[0]}" in audit, audit
+
+
 def test_broken_v3_never_gets_traffic(base_url):
     with Load(base_url) as load:
         rc, out, seconds = play("deploy.yml", "-e", "app_version=v3", "-e", "app_deploy_timeout=10")
