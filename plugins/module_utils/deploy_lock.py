@@ -283,7 +283,7 @@ def acquire(
                 if removed is not None:
                     broke = removed
                 continue
-            waited = round(clock() - start, 3)
+            waited = round(clock() - start, 1)
             run = check_run(holder) if check_run is not None else None
             if run == "gone":
                 raise LockError(refusal(path, holder, waited, run), holder, run, waited) from None

@@ -176,8 +176,11 @@ def ended_pid():
 
 
 def result_of(out):
-    """The task's result from the ad-hoc command's output ("HOST | FAILED! => {...}")."""
-    return json.loads(re.split(r"\| [A-Z!]+ => ", out)[-1])
+    """The task's result from the ad-hoc command's output ("HOST | FAILED! => {...}"),
+    the first JSON document after the marker: warnings that Python libraries
+    print on the controller (cryptography's about DSA, say) may follow it."""
+    result, _end = json.JSONDecoder().raw_decode(re.split(r"\| [A-Z!]+ => ", out)[-1])
+    return result
 
 
 def test_taking_the_lock_records_the_controller_and_its_process(tmp_path):
@@ -248,7 +251,8 @@ def test_a_gone_holder_fails_a_long_wait_at_once(tmp_path):
     rc, out = ansible_lock(path, owner="erin", wait=600)
     assert rc != 0 and "has ended" in out and "deploy_break_lock=true" in out, out
     res = result_of(out)
-    assert res["waited"] == 0 and res["holder_run"] == "gone" and "waited 0 s" in res["msg"]
+    # No wait: only the time to read the lock and check its run (under load, milliseconds).
+    assert res["waited"] < 1 and res["holder_run"] == "gone" and re.search(r"waited 0(\.\d)? s", res["msg"])
     assert json.loads((path / "holder.json").read_text())["id"] == "abc123"
 
 

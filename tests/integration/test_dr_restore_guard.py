@@ -54,18 +54,17 @@ class Server:
         (self.state / self.name).mkdir(parents=True)
         (self.etc / self.name).mkdir(parents=True)
         self.blue, self.green = Backend("v1"), Backend("v2")
-        cfg = HAPROXY_CFG.format(
-            dir=tmp_path,
-            tcp_port=free_port(),
-            http_port=free_port(),
-            blue_port=self.blue.port,
-            green_port=self.green.port,
-            green_initial="disabled",
-        )
         self.backend = f"app_{self.name}"
         (tmp_path / "haproxy.cfg").write_text(
-            cfg.replace("default_backend app\n", f"default_backend {self.backend}\n").replace(
-                "backend app\n", f"backend {self.backend}\n"
+            HAPROXY_CFG.format(
+                dir=tmp_path,
+                tcp_port=free_port(),
+                http_port=free_port(),
+                blue_port=self.blue.port,
+                green_port=self.green.port,
+                green_initial="disabled",
+                backend=self.backend,
+                twins="",
             )
         )
         subprocess.run(["haproxy", "-f", str(tmp_path / "haproxy.cfg"), "-D"], check=True, capture_output=True)
