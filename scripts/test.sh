@@ -101,7 +101,7 @@ stage_pytest() {
     start_early_group
   fi
   # Every tool the tests look for is installed by setup: a skip fails.
-  ONEBOX_NO_SKIP=1 python -m pytest tests -p no:cacheprovider -ra
+  ONEBOX_NO_SKIP=1 python -m pytest tests -p no:cacheprovider -ra --durations=15
 }
 
 # The built collection installed as users install it, with the oldest and
@@ -112,13 +112,26 @@ stage_install() {
   bash scripts/install-test.sh
 }
 
+# Molecule's output with the seconds since T0 before each of its step lines
+# ("[deploy > converge] Executing"): where a scenario's time goes.
+step_times() {
+  local t0=$1 line
+  while IFS= read -r line; do
+    case $line in
+      *"] Execut"*) printf '[%5ds] %s\n' "$((SECONDS - t0))" "$line" ;;
+      *) printf '%s\n' "$line" ;;
+    esac
+  done
+}
+
 # One scenario (or "install"), its output to LOG; prints its time.
 molecule_one() {
   local s=$1 t0=$SECONDS rc=0
   if [[ $s == install ]]; then
     stage_install || rc=1
   else
-    molecule test -s "$s" || { rc=1; molecule destroy -s "$s" >/dev/null 2>&1; }
+    molecule test -s "$s" 2>&1 | step_times "$t0"
+    ((PIPESTATUS[0] == 0)) || { rc=1; molecule destroy -s "$s" >/dev/null 2>&1; }
   fi
   echo "--- scenario $s: $((SECONDS - t0))s ($( ((rc)) && echo FAILED || echo passed))"
   return $rc
