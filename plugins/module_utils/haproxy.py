@@ -221,6 +221,7 @@ def describe_servers(client, backend):
             "check_full_health": rise + fall - 1 if checked else 0,
             "sessions": int(st.get("scur") or 0),
             "weight": int(row["srv_uweight"]),
+            "backup": st.get("bck") == "1",
         }
     return servers
 

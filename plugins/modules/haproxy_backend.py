@@ -23,8 +23,8 @@ description:
   - With O(state_file) the state is written to HAProxy's server-state file after every change, so
     a reload or restart keeps it (HAProxy needs C(server-state-file) and
     C(load-server-state-from-file global); the M(onebox.platform.haproxy) role sets both).
-  - O(state=query) changes nothing and returns every server's state; deploys use it to find the
-    live colour.
+  - O(state=query) changes nothing and returns every server's state. It is deprecated and will be
+    removed in 2.0.0; read backends with M(onebox.platform.haproxy_backend_info).
   - C(changed) follows admin state and weight only, never traffic counters.
 author:
   - onebox.platform developers (@onebox)
@@ -41,7 +41,7 @@ options:
   state:
     description:
       - V(active) makes O(active) the live servers.
-      - V(query) only reports.
+      - V(query) only reports (deprecated, removed in 2.0.0; use M(onebox.platform.haproxy_backend_info)).
       - V(save) writes the current state to O(state_file) (run it before reloading HAProxy).
       - V(maintenance) takes every server out on purpose (drain, wait for sessions, maintenance), and
         HAProxy then answers 503 with the backend's error page. V(active) brings servers back.
@@ -137,9 +137,8 @@ EXAMPLES = r"""
     state_file: /var/lib/haproxy/server-state
 
 - name: Which colour is live?
-  onebox.platform.haproxy_backend:
+  onebox.platform.haproxy_backend_info:
     backend: app
-    state: query
   register: lb
 
 - name: Show it
@@ -285,6 +284,11 @@ def main():
         current = describe_servers(client, p["backend"])
         result["previous_active"] = live_servers(current)
         if p["state"] == "query":
+            module.deprecate(
+                "haproxy_backend state=query is deprecated: read backends with onebox.platform.haproxy_backend_info",
+                version="2.0.0",
+                collection_name="onebox.platform",
+            )
             result.update(
                 active=live_servers(current),
                 servers={n: {"before": public(s), "after": public(s)} for n, s in current.items()},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -11,7 +12,7 @@ import urllib.request
 
 import pytest
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import RuntimeClient, describe_servers
-from conftest import run_module, wait_for
+from conftest import HAProxy, run_module, wait_for
 
 
 def states(proxy):
@@ -33,6 +34,54 @@ def test_query_reports_every_server_and_changes_nothing(haproxy):
     assert blue["admin_state"] == "ready" and blue["op_state"] == "up" and blue["check_status"] == "L7OK"
     assert res["servers"]["green"]["after"]["admin_state"] == "maint"
     assert res["commands"] == []
+
+
+def test_query_is_deprecated_for_the_info_module(haproxy):
+    rc, res = run_module("haproxy_backend", dict(socket=haproxy.socket, backend="app", state="query"))
+    assert rc == 0 and res["active"] == ["blue"]
+    # The shape of a deprecation differs between ansible-core releases (2.19 nests the message).
+    (notice,) = res["deprecations"]
+    assert "haproxy_backend_info" in json.dumps(notice) and notice["version"] == "2.0.0", notice
+
+
+def test_the_info_module_reads_one_backend_and_changes_nothing(haproxy):
+    rc, res = run_module("haproxy_backend_info", dict(socket=haproxy.socket, backend="app"), check=True)
+    assert rc == 0, res.get("msg", res)
+    assert res["changed"] is False and res["backend"] == "app"
+    assert res["active"] == ["blue"] and res["backup"] == [] and res["healthy"] is True
+    blue, green = res["servers"]["blue"], res["servers"]["green"]
+    assert blue["admin_state"] == "ready" and blue["check_status"] == "L7OK" and blue["backup"] is False
+    assert blue["address"].startswith("127.0.0.1:") and green["admin_state"] == "maint"
+    # A read: the same state after it.
+    assert states(haproxy) == {"blue": "ready", "green": "maint"}
+
+
+def test_the_info_module_sees_a_live_backup_server_and_an_unhealthy_backend(tmp_path, backends):
+    blue, green = backends
+    proxy = HAProxy(str(tmp_path), blue, green, backend="app_shop", twins=True)
+    try:
+        client = RuntimeClient(proxy.socket)
+        wait_for(lambda: describe_servers(client, "app_shop")["blue"]["status"] == "UP")
+        client.set_commands(["set server app_shop/green_fallback state ready"])
+        rc, res = run_module("haproxy_backend_info", dict(socket=proxy.socket))
+        assert rc == 0, res.get("msg", res)
+        shop = res["backends"]["app_shop"]
+        assert shop["active"] == ["blue", "green_fallback"] and shop["backup"] == ["green_fallback"]
+        assert shop["servers"]["green_fallback"]["backup"] is True and shop["healthy"] is True
+        # Only the backup server left live: not healthy, whatever the backup answers.
+        client.set_commands(["set server app_shop/blue state maint"])
+        rc, res = run_module("haproxy_backend_info", dict(socket=proxy.socket, backend="app_shop"))
+        assert rc == 0 and res["active"] == ["green_fallback"] and res["healthy"] is False
+    finally:
+        proxy.stop()
+
+
+def test_the_info_module_names_an_unknown_backend_and_a_missing_socket(haproxy, tmp_path):
+    rc, res = run_module("haproxy_backend_info", dict(socket=haproxy.socket, backend="app_nope"))
+    assert rc != 0 and "app_nope" in res["msg"]
+    missing = str(tmp_path / "none.sock")
+    rc, res = run_module("haproxy_backend_info", dict(socket=missing, timeout=1))
+    assert rc != 0 and missing in res["msg"]
 
 
 def test_switch_moves_all_traffic_and_is_idempotent(haproxy):
