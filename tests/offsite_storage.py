@@ -10,7 +10,6 @@ import base64
 import contextlib
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import urllib.error
@@ -23,12 +22,30 @@ RREST_USER = "box"
 RREST_PASSWORD = "test-only-rest-password"
 
 
-def _listening(port):
+def _listens(pid, port):
+    """Whether process PID itself listens on 127.0.0.1:PORT. A port that
+    free_port() gave can be taken before the program binds it (Docker
+    publishes containers' ports on random ones while the scenarios run
+    beside pytest): then something else answers there, a registry's 401
+    say, and the program has failed to bind."""
+    inodes = set()
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and local.upper() == f"0100007F:{port:04X}":
+                inodes.add(f"socket:[{inode}]")
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _key(path, comment):
@@ -56,14 +73,17 @@ class Storage:
             f'command="/usr/bin/rrsync -no-del -no-overwrite {self.wal}",restrict {server_pub}\n'
             f'command="/usr/bin/rrsync {self.wal}",restrict {prune_pub}\n'
         )
-        self.ssh_port = free_port()
-        (top / "sshd_config").write_text(
-            f"Port {self.ssh_port}\nListenAddress 127.0.0.1\nHostKey {top}/host_key\nPidFile {top}/sshd.pid\n"
-            f"AuthorizedKeysFile {top}/authorized_keys\nPermitRootLogin forced-commands-only\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
-        )
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-        self._start(["/usr/sbin/sshd", "-D", "-e", "-f", str(top / "sshd_config")], self.ssh_port)
+
+        def sshd(port):
+            (top / "sshd_config").write_text(
+                f"Port {port}\nListenAddress 127.0.0.1\nHostKey {top}/host_key\nPidFile {top}/sshd.pid\n"
+                f"AuthorizedKeysFile {top}/authorized_keys\nPermitRootLogin forced-commands-only\n"
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+            )
+            return ["/usr/sbin/sshd", "-D", "-e", "-f", str(top / "sshd_config")]
+
+        self.ssh_port = self._start(sshd)
         host_pub = (top / "host_key.pub").read_text().split()
         self.known_hosts = top / "known_hosts"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.ssh_port} {host_pub[0]} {host_pub[1]}\n")
@@ -91,16 +111,15 @@ class Storage:
             check=True,
             capture_output=True,
         )
-        self.rest_port = free_port()
-        self._start(
-            [
+        self.rest_port = self._start(
+            lambda port: [
                 "rclone",
                 "serve",
                 "restic",
                 "--append-only",
                 "--private-repos",
                 "--addr",
-                f"127.0.0.1:{self.rest_port}",
+                f"127.0.0.1:{port}",
                 "--user",
                 RREST_USER,
                 "--pass",
@@ -110,23 +129,36 @@ class Storage:
                 "--key",
                 str(top / "rest.key"),
                 str(self.restic_root),
-            ],
-            self.rest_port,
+            ]
         )
         (top / "rest-password").write_text(RREST_PASSWORD)
         self.rest_repository = f"rest:https://127.0.0.1:{self.rest_port}/{RREST_USER}/"
         # The repository as the prune run on the storage host sees it.
         self.restic_dir = self.restic_root / RREST_USER
 
-    def _start(self, argv, port):
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.procs.append(proc)
-        try:
-            wait_for(lambda: _listening(port) or proc.poll() is not None, timeout=30, interval=0.1)
-        except AssertionError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"{argv[0]} did not start: {proc.stderr.read().decode()[-500:]}")
+    def _start(self, argv_for, tries=5):
+        """Start the program ARGV_FOR(port) returns on a free port; the port
+        once the program itself listens there (another port when it was
+        taken first, see _listens)."""
+        for _try in range(tries):
+            port = free_port()
+            argv = argv_for(port)
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.procs.append(proc)
+            try:
+                wait_for(
+                    lambda proc=proc, port=port: _listens(proc.pid, port) or proc.poll() is not None,
+                    timeout=30,
+                    interval=0.1,
+                )
+            except AssertionError:
+                pass
+            if proc.poll() is None and _listens(proc.pid, port):
+                return port
+            proc.kill()
+            proc.wait()
+            error = proc.stderr.read().decode()[-500:]
+        raise RuntimeError(f"{argv[0]} did not start on a port of its own in {tries} tries: {error}")
 
     def server_settings(self, wal=False):
         """What the offsite role writes for the server: the append-only
