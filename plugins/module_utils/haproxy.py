@@ -262,6 +262,10 @@ def live_servers(servers):
     return sorted(n for n, s in servers.items() if s["admin_state"] == "ready")
 
 
+# What the modules return of each server of describe_servers().
+PUBLIC_FIELDS = ("admin_state", "op_state", "status", "check_status", "sessions", "weight", "address")
+
+
 class Switch:
     """Make ``active`` the live servers of ``backend`` and take the rest out.
 

@@ -225,6 +225,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
+    PUBLIC_FIELDS,
     HAProxyError,
     RuntimeClient,
     Switch,
@@ -234,8 +235,6 @@ from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
     wait_drained,
 )
 from ansible_collections.onebox.platform.plugins.module_utils.release_log import utc_stamp
-
-PUBLIC_FIELDS = ("admin_state", "op_state", "status", "check_status", "sessions", "weight", "address")
 
 
 def public(server):

@@ -108,19 +108,21 @@ backends:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.onebox.platform.plugins.module_utils.haproxy import (
+    PUBLIC_FIELDS,
     HAProxyError,
     RuntimeClient,
     describe_servers,
     is_healthy,
+    live_servers,
 )
 
-FIELDS = ("admin_state", "op_state", "status", "check_status", "sessions", "weight", "address", "backup")
+FIELDS = PUBLIC_FIELDS + ("backup",)
 
 
 def read(client, backend):
     """One backend as the module returns it."""
     servers = describe_servers(client, backend)
-    live = sorted(n for n, s in servers.items() if s["admin_state"] == "ready")
+    live = live_servers(servers)
     return dict(
         active=live,
         backup=[n for n in live if servers[n]["backup"]],
