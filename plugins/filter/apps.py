@@ -50,7 +50,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.onebox.platform.plugins.module_utils import apps as model
-from ansible_collections.onebox.platform.plugins.module_utils import docker_daemon, site_plan
+from ansible_collections.onebox.platform.plugins.module_utils import docker_daemon, programs, site_plan
 from ansible_collections.onebox.platform.plugins.module_utils.releases import keep_versions
 
 
@@ -123,6 +123,13 @@ def docker_daemon_config(defaults, options=None, current=None, engine=None):
         raise AnsibleFilterError(str(exc)) from None
 
 
+def program_files(name, root, home=None, command=True):
+    try:
+        return programs.files(name, root, home=home, command=command)
+    except programs.ProgramError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -138,4 +145,5 @@ class FilterModule:
             "release_keep": release_keep,
             "tls_probe_targets": tls_probe_targets,
             "docker_daemon_config": docker_daemon_config,
+            "program_files": program_files,
         }
