@@ -97,7 +97,6 @@ changed_paths:
 
 import base64
 import grp
-import hashlib
 import os
 import pwd
 import stat
@@ -227,7 +226,7 @@ def apply_file(entry, check, planned):
     st, before = read_existing(path)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise EntryError(f"{path} is a directory; a file was asked for")
-    if st is not None and before is not None and hashlib.sha256(before).digest() == hashlib.sha256(data).digest():
+    if st is not None and before == data:
         return fix_attributes(path, st, mode, uid, gid, check), None
     parent = os.path.dirname(path)
     if not os.path.isdir(parent) and parent not in planned:
