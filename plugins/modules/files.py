@@ -55,6 +55,13 @@ options:
           - Octal mode as a string, such as V("0644"), or a number (an unquoted C(0644) in YAML is the number 420, and
             is read as that). Default V("0644") for a file and V("0755") for a directory.
         type: raw
+      missing:
+        description:
+          - What to do when O(files[].path) does not exist (nor does an entry before it create it) - V(create) it,
+            or V(skip) the entry, so that only what is there gets the mode and owner (a package's directories, say).
+        type: str
+        choices: [create, skip]
+        default: create
       owner:
         description: Owner's user name.
         type: str
@@ -84,6 +91,11 @@ EXAMPLES = r"""
       - path: /etc/systemd/system/onebox-metrics.timer
         content: "{{ lookup('ansible.builtin.template', 'onebox-metrics.timer.j2') }}"
   notify: Reload systemd
+
+- name: Keep cron's directories private, those that are there
+  onebox.platform.files:
+    files: "{{ ['/etc/cron.d', '/etc/cron.daily'] | map('community.general.dict_kv', 'path')
+               | map('combine', {'state': 'directory', 'mode': '0700', 'missing': 'skip'}) }}"
 """
 
 RETURN = r"""
@@ -250,6 +262,7 @@ def main():
         content=dict(type="str"),
         content_b64=dict(type="str"),
         mode=dict(type="raw"),
+        missing=dict(type="str", choices=["create", "skip"], default="create"),
         owner=dict(type="str", default="root"),
         group=dict(type="str", default="root"),
     )
@@ -262,6 +275,8 @@ def main():
         try:
             if not os.path.isabs(entry["path"]):
                 raise EntryError(f"{entry['path']!r} is not an absolute path")
+            if entry["missing"] == "skip" and not os.path.lexists(entry["path"]) and entry["path"] not in planned:
+                continue
             step = apply_directory if entry["state"] == "directory" else apply_file
             changes, diff = step(entry, module.check_mode, planned)
         except (EntryError, OSError) as exc:

@@ -325,3 +325,26 @@ def test_check_mode_refuses_a_file_under_a_directory_nothing_creates(tmp_path):
     rc, res = run_module("files", dict(files=files), check=True)
     assert rc != 0 and "its directory does not exist" in res["msg"] and str(unlisted) in res["msg"], res
     assert not listed.exists() and not unlisted.exists()
+
+
+def test_missing_skip_leaves_an_absent_path_absent_and_fixes_one_that_is_there(tmp_path):
+    there, absent = tmp_path / "cron.d", tmp_path / "cron.hourly"
+    there.mkdir(mode=0o755)
+    os.chmod(there, 0o755)
+    files = [entry(p, state="directory", mode="0700", missing="skip") for p in (there, absent)]
+    rc, res = run_module("files", dict(files=files), check=True)
+    assert rc == 0 and res["changed_paths"] == [str(there)], res
+    assert mode_of(there) == 0o755
+    rc, res = run_module("files", dict(files=files))
+    assert rc == 0 and res["changed_paths"] == [str(there)], res
+    assert mode_of(there) == 0o700 and not absent.exists()
+    rc, res = run_module("files", dict(files=files))
+    assert rc == 0 and res["changed"] is False, res
+
+
+def test_missing_skip_creates_no_file_even_in_a_directory_the_run_creates(tmp_path):
+    top = tmp_path / "new"
+    files = [entry(top, state="directory"), entry(top / "f", content="x\n", missing="skip")]
+    rc, res = run_module("files", dict(files=files))
+    assert rc == 0, res
+    assert res["changed_paths"] == [str(top)] and not (top / "f").exists()
