@@ -137,8 +137,8 @@ molecule_one() {
   return $rc
 }
 
-# Scheduling on 2 cores (make test must stay under 45 minutes; it took 65
-# on 2026-12-03, platform the longest at 2,830 s):
+# Scheduling on 2 cores (make test must stay under 45 minutes; it took 53
+# on 2026-12-08, platform the longest at 2,904 s; bench/RESULTS.md):
 #   1. platform (the longest: start it first), backup (it kills a server and
 #      recovers it onto another, then one live), bootstrap and the install
 #      test side by side, started with the pytest stage when both are asked
