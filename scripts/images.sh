@@ -73,25 +73,27 @@ DOCKERFILE
 # start from it, so each of their converges skips about a minute of
 # installing that make test paid four times over (issue 23, item 9). The
 # bootstrap scenario and the install test start from the base image and
-# install every package from the archive. tests/unit/test_server_image.py
-# keeps these lists equal to the roles'. Not openssh-server: it makes its
-# host keys when installed, and every server would share them.
+# install every package from the archive. The lists are read from the roles'
+# apt tasks (scripts/server_packages.py, the Python of make venv); the label
+# holds them, so a change to the roles' packages builds the image again.
 PACKAGES_IMAGE=local/debian:bookworm-packages
-PACKAGES_REV=2
-PACKAGES=(ca-certificates curl gnupg acl rsync tzdata locales python3-apt
-  fail2ban python3-systemd unattended-upgrades ufw docker.io python3-docker)
-PACKAGES_NO_RECOMMENDS=(libpam-pwquality libpam-tmpdir debsums apt-listchanges aide aide-common)
+PACKAGES_REV=3
 build_packages() {
-  current "$PACKAGES_IMAGE" onebox_packages_rev "$PACKAGES_REV-$BASE_REV" && return 0
+  local lists with without rev
+  lists=$("${PYTHON:-.venv/bin/python}" scripts/server_packages.py) ||
+    { echo "images.sh: scripts/server_packages.py failed (make venv first)" >&2; return 1; }
+  with=$(sed -n 1p <<<"$lists") without=$(sed -n 2p <<<"$lists")
+  rev="$PACKAGES_REV-$BASE_REV-$(sha256sum <<<"$lists" | cut -c1-12)"
+  current "$PACKAGES_IMAGE" onebox_packages_rev "$rev" && return 0
   local ctx; ctx=$(mktemp -d)
   cat >"$ctx/Dockerfile" <<DOCKERFILE
 FROM $BASE
 RUN apt-get update -qq \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${PACKAGES[*]} >/dev/null \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${PACKAGES_NO_RECOMMENDS[*]} >/dev/null \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $with >/dev/null \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $without >/dev/null \\
  && apt-get clean \\
  && rm -rf /var/lib/apt/lists/* && touch -d @0 /var/lib/apt/lists
-LABEL onebox_packages_rev=$PACKAGES_REV-$BASE_REV
+LABEL onebox_packages_rev=$rev
 DOCKERFILE
   docker build -q -t "$PACKAGES_IMAGE" "$ctx" >/dev/null
   rm -rf "$ctx"

@@ -1,91 +1,40 @@
 """The servers of the platform, backup and deploy scenarios start from
 local/debian:bookworm-packages (scripts/images.sh): the base image with the
-packages the bootstrap roles install. Its lists must be exactly theirs,
-installed as their tasks install them (with or without recommends): a
-package the roles no longer install would hide a missing one on a real
-server; one they install that the image lacks only costs time, but says the
-lists drifted."""
+packages the bootstrap roles install, as their tasks install them (with or
+without recommends). scripts/server_packages.py reads the lists from the
+roles; images.sh takes them from it, so there is no second list to drift."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import re
 
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ROLES = ("base", "ssh_hardening", "firewall", "docker")
-# Docker's own repository (docker_install_source: docker) is not used by the
-# scenarios; the image installs Docker from Debian, as their inventories say.
-OTHER_SOURCE = {("docker", "install-docker.yml")}
-# Makes its host keys when installed: every server of the image would share them.
-LEFT_TO_THE_ROLES = {"openssh-server"}
+SPEC = importlib.util.spec_from_file_location("server_packages", os.path.join(ROOT, "scripts", "server_packages.py"))
+server_packages = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(server_packages)
 
 
-def images_sh_list(name):
+def test_the_lists_are_the_bootstrap_roles_apt_tasks_as_they_install_them():
+    roles = server_packages.roles_packages()
+    with_recommends, without = server_packages.image_lists()
+    # From defaults (base_packages + base_extra_packages, docker_packages_distro) and literal lists.
+    assert {"ca-certificates", "locales", "docker.io", "python3-docker", "fail2ban", "ufw"} <= set(with_recommends)
+    # base_hardening_packages and AIDE: install_recommends: false in their tasks.
+    assert {"libpam-pwquality", "debsums", "aide", "aide-common"} <= set(without)
+    assert not set(with_recommends) & set(without)
+    # Every package the roles install is in one list or left out on purpose.
+    assert set(roles) == set(with_recommends) | set(without) | server_packages.LEFT_TO_THE_ROLES
+    assert "openssh-server" in roles and "openssh-server" not in with_recommends + without
+
+
+def test_images_sh_takes_the_lists_from_the_script():
     with open(os.path.join(ROOT, "scripts", "images.sh")) as fh:
         text = fh.read()
-    match = re.search(rf"^{name}=\(([^)]*)\)", text, re.M)
-    assert match, f"scripts/images.sh has no {name}=(...)"
-    return set(match.group(1).split())
-
-
-def role_defaults(role):
-    path = os.path.join(ROOT, "roles", role, "defaults", "main.yml")
-    with open(path) as fh:
-        return yaml.safe_load(fh) or {}
-
-
-def names_of(value, defaults):
-    """The packages an apt task's name: stands for (a list, or variables joined with +)."""
-    if isinstance(value, list):
-        return set(value)
-    expr = re.fullmatch(r"\{\{\s*(.*?)\s*\}\}", value.strip())
-    if not expr:
-        return {value}
-    found = set()
-    for var in (v.strip() for v in expr.group(1).split("+")):
-        assert var in defaults, f"cannot resolve {var} for the image's list"
-        found |= set(defaults[var])
-    return found
-
-
-def roles_packages():
-    """{package: install_recommends} for every apt task of the bootstrap roles."""
-    found = {}
-    for role in ROLES:
-        defaults = role_defaults(role)
-        tasks_dir = os.path.join(ROOT, "roles", role, "tasks")
-        for name in sorted(os.listdir(tasks_dir)):
-            if (role, name) in OTHER_SOURCE:
-                continue
-            with open(os.path.join(tasks_dir, name)) as fh:
-                tasks = yaml.safe_load(fh) or []
-            for task in walk(tasks):
-                apt = task.get("ansible.builtin.apt")
-                if not isinstance(apt, dict) or "name" not in apt:
-                    continue
-                for package in names_of(apt["name"], defaults):
-                    found[package] = apt.get("install_recommends", True)
-    return found
-
-
-def walk(tasks):
-    for task in tasks:
-        if not isinstance(task, dict):
-            continue
-        yield task
-        for key in ("block", "rescue", "always"):
-            yield from walk(task.get(key) or [])
-
-
-def test_the_image_holds_exactly_the_packages_of_the_bootstrap_roles():
-    wanted = roles_packages()
-    assert "docker.io" in wanted and "aide" in wanted, sorted(wanted)
-    with_recommends = {p for p, rec in wanted.items() if rec} - LEFT_TO_THE_ROLES
-    without = {p for p, rec in wanted.items() if not rec} - LEFT_TO_THE_ROLES
-    assert images_sh_list("PACKAGES") == with_recommends
-    assert images_sh_list("PACKAGES_NO_RECOMMENDS") == without
+    assert "scripts/server_packages.py" in text
+    assert "PACKAGES=(" not in text, "a second list of packages in images.sh would drift from the roles'"
 
 
 def test_only_the_servers_of_the_scenarios_not_about_bootstrapping_use_it():
