@@ -24,7 +24,7 @@ link:
 engine:
 	bash scripts/engine.sh
 
-images: engine
+images: venv engine
 	bash scripts/images.sh all
 
 test:
